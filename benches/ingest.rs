@@ -1,0 +1,269 @@
+//! Ingest benchmark: tail → spool throughput and peak RSS of the real binary.
+//!
+//! ```text
+//! cargo bench --bench ingest -- [--events N] [--prefill M] [--runs R] [--parts] [--durability fsync|os]
+//! ```
+//!
+//! Each run writes N realistic server-log lines (~600 bytes; 500 organizations, 5,000
+//! actors, 40 actions) to a file, optionally fills a fresh spool with M older events
+//! first, starts `audit-relay run` on it, and measures the time until all N events are
+//! committed (polling the spool's `events` counter) and the process's peak RSS (VmHWM).
+//! `--parts` also times the pieces in-process: decode alone, and spool insert alone.
+//! Prints one line per run and the median.
+
+#[path = "../tests/common/gen.rs"]
+mod gen;
+
+use audit_relay::config::{Durability, Envelope};
+use audit_relay::event::{decode, Decoded};
+use audit_relay::spool::{AppendBatch, Spool};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Args {
+    events: u64,
+    prefill: u64,
+    runs: usize,
+    parts: bool,
+    durability: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        events: 2_000_000,
+        prefill: 0,
+        runs: 3,
+        parts: false,
+        durability: "fsync".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().expect("flag needs a value");
+        match k.as_str() {
+            "--events" => a.events = val().parse().expect("--events N"),
+            "--prefill" => a.prefill = val().parse().expect("--prefill M"),
+            "--runs" => a.runs = val().parse().expect("--runs R"),
+            "--durability" => a.durability = val(),
+            "--parts" => a.parts = true,
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn write_lines(path: &Path, n: u64, seed: u64, start_ms: i64) -> u64 {
+    let mut g = gen::Gen::new(seed);
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut bytes = 0;
+    for i in 0..n {
+        let l = gen::server_line(&mut g, start_ms + i as i64 / 10).line;
+        bytes += l.len() as u64 + 1;
+        writeln!(w, "{l}").unwrap();
+    }
+    w.flush().unwrap();
+    bytes
+}
+
+fn decode_event(line: &str) -> audit_relay::event::Event {
+    match decode(line.as_bytes(), Envelope::Auto) {
+        Decoded::Event(e) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Fills the spool with `m` events spread over the 90 days before `end_ms`.
+fn prefill(dir: &Path, m: u64, end_ms: i64) {
+    let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
+    let mut g = gen::Gen::new(0xfeed);
+    let span = 90 * 86_400_000i64;
+    let step = (span / m.max(1) as i64).max(1);
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < m {
+        let n = (m - i).min(50_000);
+        let events = (0..n)
+            .map(|k| {
+                let ms = end_ms - span + (i + k) as i64 * step;
+                decode_event(&gen::event_json(&mut g, ms).line)
+            })
+            .collect();
+        spool
+            .append(&AppendBatch {
+                events,
+                ..Default::default()
+            })
+            .unwrap();
+        i += n;
+    }
+    eprintln!(
+        "prefilled {m} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn events_stored(db: &Path) -> u64 {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    c.query_row(
+        "SELECT value FROM counters WHERE name = 'events'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+    .unwrap_or(0)
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn one_run(a: &Args, run: usize) -> (f64, u64) {
+    let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-ingest".into());
+    let dir = Path::new(&base).join(format!("run{run}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let spool_dir = dir.join("spool");
+    let start_ms = now_ms() - 86_400_000;
+    if a.prefill > 0 {
+        prefill(&spool_dir, a.prefill, start_ms);
+    }
+    let bytes = write_lines(
+        &dir.join("logs/server.log"),
+        a.events,
+        run as u64 + 1,
+        start_ms,
+    );
+    let cfg = dir.join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            dir.display(),
+            spool_dir.display(),
+            a.durability
+        ),
+    )
+    .unwrap();
+    let db = spool_dir.join("spool.db");
+    let target = a.prefill + a.events;
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-relay"))
+        .args(["-c", cfg.to_str().unwrap(), "run"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start audit-relay");
+    let mut hwm = 0;
+    loop {
+        hwm = hwm.max(vm_hwm_kib(child.id()));
+        if events_stored(&db) >= target {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            panic!("timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    hwm = hwm.max(vm_hwm_kib(child.id()));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "relay exited with {status}");
+    let rate = a.events as f64 / secs;
+    println!(
+        "run {run}: {} events ({:.0} MB) in {secs:.2}s = {rate:.0} events/s, peak RSS {:.1} MiB (spool had {} events before)",
+        a.events,
+        bytes as f64 / 1e6,
+        hwm as f64 / 1024.0,
+        a.prefill
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    (rate, hwm)
+}
+
+fn parts(a: &Args) {
+    let mut g = gen::Gen::new(7);
+    let start = now_ms();
+    let lines: Vec<String> = (0..a.events.min(1_000_000))
+        .map(|i| gen::server_line(&mut g, start + i as i64).line)
+        .collect();
+    let t = Instant::now();
+    let events: Vec<_> = lines.iter().map(|l| decode_event(l)).collect();
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "decode+validate: {} lines in {dt:.2}s = {:.0} lines/s ({:.2} µs/line)",
+        lines.len(),
+        lines.len() as f64 / dt,
+        dt * 1e6 / lines.len() as f64
+    );
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let dur = if a.durability == "os" {
+        Durability::Os
+    } else {
+        Durability::Fsync
+    };
+    let mut spool = Spool::open(dir.path(), dur, 16 << 20).unwrap();
+    let t = Instant::now();
+    for chunk in events.chunks(20_000) {
+        spool
+            .append(&AppendBatch {
+                events: chunk.to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "spool insert ({}): {} events in 20k-event commits in {dt:.2}s = {:.0} events/s",
+        a.durability,
+        events.len(),
+        events.len() as f64 / dt
+    );
+}
+
+fn main() {
+    let a = args();
+    if a.parts {
+        parts(&a);
+    }
+    let mut rates = Vec::new();
+    let mut rss = Vec::new();
+    for run in 0..a.runs {
+        let (r, h) = one_run(&a, run);
+        rates.push(r);
+        rss.push(h);
+    }
+    if !rates.is_empty() {
+        rates.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        rss.sort();
+        println!(
+            "median of {}: {:.0} events/s, peak RSS {:.1} MiB ({} events, prefill {}, durability {}, {} cores)",
+            rates.len(),
+            rates[rates.len() / 2],
+            rss[rss.len() / 2] as f64 / 1024.0,
+            a.events,
+            a.prefill,
+            a.durability,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+    }
+}

@@ -1,0 +1,520 @@
+//! The audit event model, and decoding a record (one logical log line) into it.
+//!
+//! Pure functions: bytes in, [`Decoded`] out. A record is either an audit event, a line
+//! to skip (the server's ordinary logging), or invalid with a reason that names the
+//! field (`timestamp: not RFC 3339: "yesterday"`). Unknown fields of an event are kept.
+//!
+//! Decoding does not build a JSON tree: it splits the event object into its top-level
+//! `(key, raw value)` pairs, validates the five known fields, and re-emits the pairs
+//! compactly as the stored body. That keeps a ~600-byte line at about a microsecond.
+
+use crate::config::Envelope;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Longest `action` accepted, in characters.
+pub const MAX_ACTION_CHARS: usize = 128;
+/// Longest `organizationId` / `actorId` accepted, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A validated audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: Uuid,
+    /// The timestamp as the emitter wrote it.
+    pub timestamp: String,
+    /// The same instant in UTC milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    pub action: String,
+    pub organization_id: String,
+    pub actor_id: String,
+    /// The event as compact JSON: every field as given, in the given order, with `args`
+    /// as a JSON array (never as a string).
+    pub body: String,
+}
+
+/// What one record turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Event),
+    /// Not an audit event (ordinary server logging): skipped and counted.
+    Skipped,
+    /// An audit record that cannot be stored: quarantined with this reason.
+    Invalid(String),
+}
+
+/// The top-level members of a JSON object, in order, values left unparsed.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
+                let mut v = Vec::with_capacity(8);
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    v.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Members<'a> {
+    fn parse(text: &'a str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                format!("not a JSON object: {e}")
+            } else {
+                format!("not valid JSON: {e}")
+            }
+        })
+    }
+
+    /// The one value of `key`; a repeated key is refused, as JSON readers disagree on
+    /// which copy wins.
+    fn get(&self, key: &str) -> Result<Option<&'a RawValue>, String> {
+        let mut found = None;
+        for (k, v) in &self.0 {
+            if k == key {
+                if found.is_some() {
+                    return Err(format!("{key}: appears more than once"));
+                }
+                found = Some(*v);
+            }
+        }
+        Ok(found)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+}
+
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Quotes a value for an error message, cut to 64 characters.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{:?}…", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
+fn string_field(m: &Members, key: &str) -> Result<String, String> {
+    let raw = m.get(key)?.ok_or_else(|| format!("{key}: missing"))?;
+    if !raw.get().starts_with('"') {
+        return Err(format!("{key}: expected a string, got {}", kind(raw)));
+    }
+    serde_json::from_str(raw.get()).map_err(|e| format!("{key}: {e}"))
+}
+
+fn id_field(m: &Members, key: &str) -> Result<String, String> {
+    let v = string_field(m, key)?;
+    let n = v.chars().count();
+    if n == 0 || n > MAX_ID_CHARS {
+        return Err(format!(
+            "{key}: must be 1 to {MAX_ID_CHARS} characters, got {n}"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses an RFC 3339 timestamp into UTC milliseconds since the epoch.
+pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
+/// Formats UTC milliseconds as RFC 3339 with milliseconds and `Z`.
+pub fn format_timestamp_ms(ms: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+        Ok(t) => {
+            let (y, mo, d) = (t.year(), t.month() as u8, t.day());
+            let (h, mi, s) = (t.hour(), t.minute(), t.second());
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+                t.millisecond()
+            )
+        }
+        Err(_) => ms.to_string(),
+    }
+}
+
+/// Validates an event object and builds its stored form.
+fn event_from(text: &str) -> Result<Event, String> {
+    let m = Members::parse(text)?;
+    let id_s = string_field(&m, "id")?;
+    let id = Uuid::try_parse(&id_s).map_err(|_| format!("id: not a UUID: {}", shown(&id_s)))?;
+    let timestamp = string_field(&m, "timestamp")?;
+    let ts_ms = parse_timestamp_ms(&timestamp)
+        .ok_or_else(|| format!("timestamp: not RFC 3339: {}", shown(&timestamp)))?;
+    let action = string_field(&m, "action")?;
+    let n = action.chars().count();
+    if n == 0 || n > MAX_ACTION_CHARS {
+        return Err(format!(
+            "action: must be 1 to {MAX_ACTION_CHARS} characters, got {n}"
+        ));
+    }
+    let organization_id = id_field(&m, "organizationId")?;
+    let actor_id = id_field(&m, "actorId")?;
+    let args_raw = m.get("args")?.ok_or("args: missing")?;
+    // The API form carries args as a string holding the array; normalize to the array.
+    let unquoted: String;
+    let args: &str = match args_raw.get().as_bytes()[0] {
+        b'[' => args_raw.get(),
+        b'"' => {
+            let inner: String =
+                serde_json::from_str(args_raw.get()).map_err(|e| format!("args: {e}"))?;
+            let arr: &RawValue = serde_json::from_str(&inner).map_err(|_| {
+                format!(
+                    "args: a string that does not hold a JSON array: {}",
+                    shown(&inner)
+                )
+            })?;
+            if !arr.get().starts_with('[') {
+                return Err(format!(
+                    "args: a string that holds {}, not a JSON array",
+                    kind(arr)
+                ));
+            }
+            unquoted = arr.get().to_string();
+            &unquoted
+        }
+        _ => {
+            return Err(format!(
+                "args: expected a JSON array or a string holding one, got {}",
+                kind(args_raw)
+            ))
+        }
+    };
+    let mut body = String::with_capacity(text.len());
+    body.push('{');
+    for (i, (k, v)) in m.0.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&serde_json::to_string(k).expect("a string serializes"));
+        body.push(':');
+        body.push_str(if k == "args" { args } else { v.get() });
+    }
+    body.push('}');
+    Ok(Event {
+        id,
+        timestamp,
+        ts_ms,
+        action,
+        organization_id,
+        actor_id,
+        body,
+    })
+}
+
+/// Decodes one record under the configured envelope.
+pub fn decode(record: &[u8], envelope: Envelope) -> Decoded {
+    let text = match std::str::from_utf8(record) {
+        Ok(t) => t,
+        Err(e) => {
+            return Decoded::Invalid(format!(
+                "not valid UTF-8: invalid byte sequence at byte {}",
+                e.valid_up_to()
+            ))
+        }
+    };
+    match decode_str(text, envelope) {
+        Ok(Some(ev)) => Decoded::Event(ev),
+        Ok(None) => Decoded::Skipped,
+        Err(reason) => Decoded::Invalid(reason),
+    }
+}
+
+fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, String> {
+    let is_server_log = |m: &Members| {
+        m.has("message") || m.has("payload") || m.has("payloadStub") || m.has("severity")
+    };
+    match envelope {
+        Envelope::Event => event_from(text).map(Some),
+        Envelope::ServerLog | Envelope::Auto => {
+            let m = Members::parse(text)?;
+            if envelope == Envelope::Auto && !is_server_log(&m) {
+                return event_from(text).map(Some);
+            }
+            let message = m.get("message")?;
+            if message.map(|v| v.get()) != Some("\"audit\"") {
+                return Ok(None);
+            }
+            match m.get("payload")? {
+                Some(p) if p.get().starts_with('{') => event_from(p.get()).map(Some),
+                Some(p) => Err(format!("payload: expected an object, got {}", kind(p))),
+                None if m.has("payloadStub") => Err(
+                    "payload: replaced by payloadStub (the line was over 32 KiB at the emitter); the event cannot be recovered"
+                        .to_string(),
+                ),
+                None => Err("payload: missing".to_string()),
+            }
+        }
+    }
+}
+
+/// An event in the platform API's form: `args` is the JSON array serialized as a
+/// string, `timestamp` is normalized to UTC with milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiAuditLog {
+    pub id: String,
+    pub timestamp: String,
+    pub action: String,
+    pub organization_id: String,
+    pub actor_id: String,
+    pub args: String,
+}
+
+impl ApiAuditLog {
+    /// Builds the API form from a stored body. Fails only if the body was not written
+    /// by [`decode`] (a corrupted spool).
+    pub fn from_body(body: &str, ts_ms: i64) -> Result<Self, String> {
+        let m = Members::parse(body)?;
+        Ok(ApiAuditLog {
+            id: string_field(&m, "id")?,
+            timestamp: format_timestamp_ms(ts_ms),
+            action: string_field(&m, "action")?,
+            organization_id: string_field(&m, "organizationId")?,
+            actor_id: string_field(&m, "actorId")?,
+            args: m
+                .get("args")?
+                .map(|a| a.get().to_string())
+                .unwrap_or_else(|| "[]".into()),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&RawValue>::deserialize(d)?;
+        event_from(raw.get()).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EVENT: &str = r#"{"id":"1ac75456-ae7d-4233-9914-32d124fa35c3","timestamp":"2024-06-24T13:29:36.484Z","action":"getTeamProjects","organizationId":"3d5e4ee2-7e5f-468f-b027-276a65518784","actorId":"e2eb4315-1ce5-4c5b-b1a1-d6a891c08a56","args":["3d5e4ee2-7e5f-468f-b027-276a65518784"]}"#;
+
+    fn server_line(payload: &str) -> String {
+        format!(
+            r#"{{"component":"server","severity":"INFO","time":"2024-06-24T13:29:36.485Z","context":{{"requestId":"r","requestKind":"jsonrpc","requestMethod":"getTeamProjects","traceId":"t","userId":"u"}},"message":"audit","payload":{payload}}}"#
+        )
+    }
+
+    fn invalid(line: &str, env: Envelope) -> String {
+        match decode(line.as_bytes(), env) {
+            Decoded::Invalid(r) => r,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    fn event(line: &str, env: Envelope) -> Event {
+        match decode(line.as_bytes(), env) {
+            Decoded::Event(e) => e,
+            other => panic!("expected event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bare_event_decodes() {
+        let e = event(EVENT, Envelope::Event);
+        assert_eq!(e.id.to_string(), "1ac75456-ae7d-4233-9914-32d124fa35c3");
+        assert_eq!(e.ts_ms, 1_719_235_776_484);
+        assert_eq!(e.action, "getTeamProjects");
+        assert_eq!(e.body, EVENT);
+        assert_eq!(event(EVENT, Envelope::Auto), e);
+    }
+
+    #[test]
+    fn server_log_lines_carry_events_or_are_skipped() {
+        let e = event(&server_line(EVENT), Envelope::ServerLog);
+        assert_eq!(e.body, EVENT);
+        assert_eq!(event(&server_line(EVENT), Envelope::Auto), e);
+        let other = r#"{"component":"server","severity":"INFO","message":"workspace started","payload":{"x":1}}"#;
+        assert_eq!(
+            decode(other.as_bytes(), Envelope::ServerLog),
+            Decoded::Skipped
+        );
+        assert_eq!(decode(other.as_bytes(), Envelope::Auto), Decoded::Skipped);
+        let stub = r#"{"component":"server","message":"audit","payloadStub":"too big"}"#;
+        assert!(invalid(stub, Envelope::Auto).starts_with("payload: replaced by payloadStub"));
+    }
+
+    #[test]
+    fn args_as_string_is_normalized_to_the_array() {
+        let api = EVENT.replace(
+            r#""args":["3d5e4ee2-7e5f-468f-b027-276a65518784"]"#,
+            r#""args":"[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]""#,
+        );
+        assert_eq!(event(&api, Envelope::Event).body, EVENT);
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_in_order() {
+        let line = EVENT.replace("{\"id\"", "{\"zone\":{\"a\":[1,2]},\"id\"");
+        assert!(event(&line, Envelope::Event)
+            .body
+            .starts_with("{\"zone\":{\"a\":[1,2]},\"id\""));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\"",
+                "\"id\":\"nope\"",
+                "id: not a UUID: \"nope\"",
+            ),
+            (
+                "\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\",",
+                "",
+                "id: missing",
+            ),
+            (
+                "\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\"",
+                "\"id\":42",
+                "id: expected a string, got a number",
+            ),
+            (
+                "\"2024-06-24T13:29:36.484Z\"",
+                "\"yesterday\"",
+                "timestamp: not RFC 3339: \"yesterday\"",
+            ),
+            (
+                "\"action\":\"getTeamProjects\"",
+                "\"action\":\"\"",
+                "action: must be 1 to 128 characters, got 0",
+            ),
+            (
+                "\"action\":\"getTeamProjects\"",
+                "\"action\":null",
+                "action: expected a string, got null",
+            ),
+            (
+                "\"actorId\":\"e2eb4315-1ce5-4c5b-b1a1-d6a891c08a56\",",
+                "",
+                "actorId: missing",
+            ),
+            (
+                "\"organizationId\":\"3d5e4ee2-7e5f-468f-b027-276a65518784\"",
+                "\"organizationId\":[]",
+                "organizationId: expected a string, got an array",
+            ),
+            (
+                "[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]",
+                "{}",
+                "args: expected a JSON array or a string holding one, got an object",
+            ),
+            (
+                "[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]",
+                "\"oops\"",
+                "args: a string that does not hold a JSON array: \"oops\"",
+            ),
+            (
+                "\"id\":",
+                "\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\",\"id\":",
+                "id: appears more than once",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let line = EVENT.replacen(from, to, 1);
+            assert_ne!(line, EVENT, "case {want} did not change the line");
+            assert_eq!(invalid(&line, Envelope::Event), *want);
+        }
+        let long = EVENT.replace("getTeamProjects", &"x".repeat(129));
+        assert_eq!(
+            invalid(&long, Envelope::Event),
+            "action: must be 1 to 128 characters, got 129"
+        );
+        assert!(invalid("{\"id\":", Envelope::Event).starts_with("not valid JSON"));
+        assert!(invalid("[1,2]", Envelope::Auto).starts_with("not a JSON object"));
+        assert!(
+            invalid(&server_line("[1]"), Envelope::Auto).starts_with("payload: expected an object")
+        );
+        assert_eq!(
+            decode(b"{\"id\":\"\xff\"}", Envelope::Event),
+            Decoded::Invalid("not valid UTF-8: invalid byte sequence at byte 7".into())
+        );
+    }
+
+    #[test]
+    fn api_form_serializes_args_as_a_string() {
+        let e = event(EVENT, Envelope::Event);
+        let api = ApiAuditLog::from_body(&e.body, e.ts_ms).unwrap();
+        assert_eq!(api.args, "[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]");
+        assert_eq!(api.timestamp, "2024-06-24T13:29:36.484Z");
+        let json = serde_json::to_string(&api).unwrap();
+        assert!(json.contains("\"organizationId\":\"3d5e4ee2"));
+    }
+
+    #[test]
+    fn timestamps_with_offsets_normalize_to_utc() {
+        assert_eq!(
+            parse_timestamp_ms("2024-06-24T15:29:36.484+02:00"),
+            Some(1_719_235_776_484)
+        );
+        assert_eq!(
+            format_timestamp_ms(1_719_235_776_484),
+            "2024-06-24T13:29:36.484Z"
+        );
+        assert_eq!(parse_timestamp_ms("2024-06-24"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode(&bytes, Envelope::Auto);
+        }
+
+        #[test]
+        fn valid_events_roundtrip_through_the_api_form(
+            action in "[a-zA-Z./]{1,128}",
+            org in "[a-f0-9-]{1,40}",
+            args in proptest::collection::vec("[ -~]{0,20}", 0..5),
+            ms in 0i64..4_000_000_000_000,
+        ) {
+            let id = Uuid::from_u128(ms as u128 * 7919);
+            let line = serde_json::json!({
+                "id": id.to_string(), "timestamp": format_timestamp_ms(ms), "action": action,
+                "organizationId": org, "actorId": "a", "args": args,
+            }).to_string();
+            let e = match decode(line.as_bytes(), Envelope::Auto) {
+                Decoded::Event(e) => e,
+                other => return Err(TestCaseError::fail(format!("{other:?}"))),
+            };
+            prop_assert_eq!(e.ts_ms, ms);
+            let api = ApiAuditLog::from_body(&e.body, e.ts_ms).unwrap();
+            let back: Vec<String> = serde_json::from_str(&api.args).unwrap();
+            prop_assert_eq!(back, args);
+            prop_assert_eq!(api.action, action);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! audit-relay: tails the platform's audit events into a durable local spool.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML config tree, its validation, human units.
+//! - [`event`]: the audit event model; decoding and validating a record (pure).
+//! - [`source`]: where records come from: framing (pure), file identity and
+//!   checkpoints, the file tailer, standard input.
+//! - [`spool`]: the durable store (SQLite): append with checkpoints, query, stats.
+//! - [`query`]: query planning (pure), shared by the CLI and (later) the API.
+//! - [`pipeline`]: `audit-relay run`: wires sources to the spool writer, shutdown.
+//! - [`telemetry`]: the relay's own logs.
+//!
+//! Data flows `source → event → spool`; the spool is the write-ahead log: a source
+//! offset moves only in the commit that stores the events read up to it.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod event;
+pub mod pipeline;
+pub mod query;
+pub mod source;
+pub mod spool;
+pub mod telemetry;

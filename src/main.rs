@@ -1,0 +1,267 @@
+//! The `audit-relay` command line. Parses arguments and calls into the library.
+
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use audit_relay::config::Config;
+use audit_relay::event::{format_timestamp_ms, ApiAuditLog};
+use audit_relay::pipeline::{self, Ended};
+use audit_relay::query::{plan, QueryRequest};
+use audit_relay::spool::Spool;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration or bad arguments.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "audit-relay",
+    version,
+    about = "Tails audit events into a durable local spool"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "AUDIT_RELAY_CONFIG",
+        default_value = "/etc/audit-relay/audit-relay.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the sidecar) until SIGTERM or SIGINT.
+    Run,
+    /// Validate the config: exit 0 with a summary, or 2 with every problem.
+    CheckConfig,
+    /// Inspect the spool.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+    /// Inspect quarantined input.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// Read one organization's events from the spool, newest first.
+    Query {
+        /// Organization id.
+        #[arg(long)]
+        org: String,
+        /// How far back from now, e.g. 24h or 7d (instead of --from).
+        #[arg(long)]
+        since: Option<String>,
+        /// Start of the range, RFC 3339 (default: 7 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action.
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many events (default 100, at most 1,000,000).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// One event a line, in the API's JSON form.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Counts, oldest and newest event, bytes on disk.
+    Stats {
+        /// One flat JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Quarantined records, newest first.
+    List {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("audit-relay: bad config {}:", cli.config.display());
+            for p in &e.problems {
+                eprintln!("  {p}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            println!("{}", config.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => run(config),
+        Command::Spool {
+            command: SpoolCommand::Stats { json },
+        } => stats(&config, json),
+        Command::Quarantine {
+            command: QuarantineCommand::List { json, limit },
+        } => quarantine(&config, json, limit),
+        Command::Query {
+            org,
+            since,
+            from,
+            to,
+            actor,
+            action,
+            limit,
+            json,
+        } => {
+            let req = QueryRequest {
+                organization_id: org,
+                from,
+                to,
+                since,
+                actor_id: actor,
+                action,
+                limit,
+            };
+            query(&config, &req, json)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("audit-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<ExitCode> {
+    audit_relay::telemetry::init(&config.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown signal received");
+                shutdown.cancel();
+            })
+        };
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "audit-relay starting");
+        let r = pipeline::run(config, shutdown).await;
+        signals.abort();
+        match r {
+            Ok(Ended::Signal) | Ok(Ended::SourcesDone) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "audit-relay failed");
+                Err(e)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let s = Spool::open_read_only(&config.spool.dir)?.stats()?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!("events       {}", s.events);
+        println!("quarantined  {}", s.quarantined);
+        println!("skipped      {}", s.skipped);
+        println!("duplicates   {}", s.duplicates);
+        println!("read         {}", s.read);
+        println!("last seq     {}", s.last_seq);
+        println!("oldest       {}", s.oldest.as_deref().unwrap_or("-"));
+        println!("newest       {}", s.newest.as_deref().unwrap_or("-"));
+        println!("bytes        {}", s.bytes);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let entries = Spool::open_read_only(&config.spool.dir)?.quarantine(limit)?;
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&e)?)?;
+        } else {
+            let raw: String = e.raw.chars().take(120).collect();
+            writeln!(
+                out,
+                "{} {}:{} {}\n    {raw}",
+                e.at, e.source, e.offset, e.reason
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query(config: &Config, req: &QueryRequest, json: bool) -> anyhow::Result<ExitCode> {
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let q = match plan(req, now, 100, 1_000_000) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("audit-relay: --{e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let events = Spool::open_read_only(&config.spool.dir)?.query(&q)?;
+    let mut out = std::io::stdout().lock();
+    for ev in events {
+        let api = ApiAuditLog::from_body(&ev.body, ev.ts_ms)
+            .map_err(|r| anyhow::anyhow!("stored event {} is corrupt: {r}", ev.seq))?;
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&api)?)?;
+        } else {
+            writeln!(
+                out,
+                "{}  {}  actor={}  id={}",
+                format_timestamp_ms(ev.ts_ms),
+                api.action,
+                api.actor_id,
+                api.id
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

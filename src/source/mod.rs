@@ -1,0 +1,91 @@
+//! Sources: where records come from, and the shared step that turns framed records into
+//! what the spool stores.
+//!
+//! - [`framing`]: bytes → records (pure state machine per file).
+//! - [`checkpoint`]: file identity and resume points.
+//! - [`tail`]: follows files by glob, across rotation and restarts.
+//! - [`stdin`]: reads standard input.
+
+pub mod checkpoint;
+pub mod framing;
+pub mod stdin;
+pub mod tail;
+
+use crate::config::Envelope;
+use crate::event::{decode, Decoded};
+use crate::spool::{AppendBatch, Quarantined};
+use framing::Frame;
+use std::sync::mpsc::SyncSender;
+
+/// How many raw bytes of a bad record are kept in quarantine.
+pub const QUARANTINE_RAW_BYTES: usize = 4096;
+/// Events per batch handed to the spool writer.
+pub const BATCH_EVENTS: usize = 1024;
+
+/// The spool writer is gone (it failed or shut down).
+#[derive(Debug, thiserror::Error)]
+#[error("the spool writer has stopped")]
+pub struct WriterGone;
+
+/// Decodes framed records into a batch and hands full batches to the spool writer.
+pub struct Collector {
+    envelope: Envelope,
+    batch: AppendBatch,
+    tx: SyncSender<AppendBatch>,
+}
+
+impl Collector {
+    pub fn new(envelope: Envelope, tx: SyncSender<AppendBatch>) -> Self {
+        Collector {
+            envelope,
+            batch: AppendBatch::default(),
+            tx,
+        }
+    }
+
+    /// Takes one framed record from `source`.
+    pub fn frame(&mut self, frame: Frame<'_>, source: &str) {
+        self.batch.read += 1;
+        match frame {
+            Frame::Record { bytes, offset } => match decode(bytes, self.envelope) {
+                Decoded::Event(ev) => self.batch.events.push(ev),
+                Decoded::Skipped => self.batch.skipped += 1,
+                Decoded::Invalid(reason) => self.quarantine(reason, source, offset, bytes),
+            },
+            Frame::Bad {
+                reason,
+                raw,
+                offset,
+            } => self.quarantine(reason, source, offset, raw),
+        }
+    }
+
+    fn quarantine(&mut self, reason: String, source: &str, offset: u64, raw: &[u8]) {
+        // Never the raw bytes at info level: they may hold an event's args.
+        tracing::warn!(source, offset, %reason, "record quarantined");
+        self.batch.quarantined.push(Quarantined {
+            reason,
+            source: source.to_string(),
+            offset,
+            raw: raw[..raw.len().min(QUARANTINE_RAW_BYTES)].to_vec(),
+        });
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.batch.events.len() >= BATCH_EVENTS
+    }
+
+    /// The batch being filled, e.g. to add checkpoints before [`Collector::send`].
+    pub fn batch_mut(&mut self) -> &mut AppendBatch {
+        &mut self.batch
+    }
+
+    /// Hands the batch to the writer, waiting while the writer is behind.
+    pub fn send(&mut self) -> Result<(), WriterGone> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.tx.send(batch).map_err(|_| WriterGone)
+    }
+}

@@ -1,0 +1,43 @@
+//! Standard input as a source (`paths = ["-"]`): no checkpoint, ends at end of input.
+//! At end of input an unterminated last line counts as complete.
+
+use super::framing::{Deframer, ResumeMode};
+use super::{Collector, WriterGone};
+use crate::config::SourceConfig;
+use std::io::Read;
+use tokio_util::sync::CancellationToken;
+
+/// Reads standard input to its end.
+pub fn run(
+    cfg: &SourceConfig,
+    mut out: Collector,
+    cancel: &CancellationToken,
+) -> Result<(), WriterGone> {
+    let mut de = Deframer::new(
+        cfg.format,
+        cfg.max_line_bytes.0 as usize,
+        0,
+        ResumeMode::Normal,
+    );
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut stdin = std::io::stdin().lock();
+    while !cancel.is_cancelled() {
+        let n = match stdin.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read standard input");
+                break;
+            }
+        };
+        de.push(&chunk[..n], &mut |f| out.frame(f, "stdin"));
+        out.send()?;
+    }
+    if de.resume_point().0 < de.read_offset() {
+        de.push(b"\n", &mut |f| out.frame(f, "stdin"));
+    }
+    out.send()?;
+    tracing::info!(bytes = de.read_offset(), "standard input ended");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The spool: the durable local store of every event, and the pipeline's write-ahead log.
+//!
+//! # Invariants
+//!
+//! - An event is stored at most once: its `(timestamp, id)` pair is unique. A re-read
+//!   line carries the same timestamp as the first read, so this catches every re-read
+//!   while its index stays near its right edge (see `docs/benchmarks.md`).
+//! - Each stored event gets the next sequence number; sequence numbers only grow, and
+//!   are never reused, even after the newest events are purged.
+//! - Source checkpoints are written in the same transaction as the events read up to
+//!   them, so after a crash reading resumes exactly after the last stored event.
+//! - Counters (`read`, `skipped`, `duplicates`, `quarantined`, `events`) move in the same
+//!   transaction as the rows they count.
+//!
+//! # Format (SQLite, WAL mode, `PRAGMA user_version = 1`)
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array) |
+//! | `orgs` | `org` (rowid) | `organization_id`: a compact integer key per organization |
+//! | `quarantine` | `qid` | `at_ms`, `reason`, `source`, `offset`, `raw` (capped) |
+//! | `checkpoints` | `(dev, ino)` | `fp_len`, `fp_hash`, `path`, `offset`, `mode` |
+//! | `counters` | `name` | `value` |
+//! | `meta` | `key` | `value`: `last_seq` |
+//!
+//! Indexes: `events(ts_ms, id)` unique (dedup, and time bounds), `events(org, ts_ms)`
+//! (one organization, newest first, within a time range).
+//!
+//! The rest of the program reaches SQLite only through [`Spool`] and [`SpoolWriter`].
+
+mod sqlite;
+mod writer;
+
+pub use sqlite::{Spool, SpoolError};
+pub use writer::{SpoolWriter, WriterOptions};
+
+use crate::event::Event;
+use crate::source::checkpoint::CheckpointUpdate;
+use serde::Serialize;
+
+/// What one source hands to the spool in one piece: events and the checkpoints that
+/// cover them, committed together.
+#[derive(Debug, Default)]
+pub struct AppendBatch {
+    pub events: Vec<Event>,
+    pub quarantined: Vec<Quarantined>,
+    /// Records read (events, skipped and quarantined alike).
+    pub read: u64,
+    /// Records that were not audit events.
+    pub skipped: u64,
+    pub checkpoints: Vec<CheckpointUpdate>,
+}
+
+impl AppendBatch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.quarantined.is_empty()
+            && self.read == 0
+            && self.skipped == 0
+            && self.checkpoints.is_empty()
+    }
+}
+
+/// Bad input kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub reason: String,
+    /// File path, or `stdin`.
+    pub source: String,
+    /// Byte offset of the record in its source.
+    pub offset: u64,
+    /// The raw bytes, capped.
+    pub raw: Vec<u8>,
+}
+
+/// A quarantine entry as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineEntry {
+    pub qid: i64,
+    /// When it was quarantined, RFC 3339.
+    pub at: String,
+    pub reason: String,
+    pub source: String,
+    pub offset: u64,
+    /// The raw bytes, lossily shown as text (invalid UTF-8 as U+FFFD).
+    pub raw: String,
+    /// The raw bytes, hex-encoded exactly.
+    pub raw_hex: String,
+}
+
+/// An event read back from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub body: String,
+}
+
+/// Totals kept by the spool.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub quarantined: u64,
+    pub skipped: u64,
+    pub duplicates: u64,
+    pub read: u64,
+    pub last_seq: i64,
+    /// RFC 3339 of the oldest / newest event, if any.
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+    /// Bytes of the database and its WAL on disk.
+    pub bytes: u64,
+}
+
+/// What a commit stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+}

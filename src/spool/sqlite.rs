@@ -1,0 +1,520 @@
+//! The SQLite engine of the spool. See the module above for invariants and format.
+
+use super::{AppendBatch, CommitReport, QuarantineEntry, Stats, StoredEvent};
+use crate::config::Durability;
+use crate::event::format_timestamp_ms;
+use crate::query::Query;
+use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
+use crate::source::framing::ResumeMode;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The on-disk format version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// File name of the database inside `spool.dir`.
+pub const DB_FILE: &str = "spool.db";
+
+/// Everything that can go wrong with the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("no spool at {0} (has `audit-relay run` created it? check spool.dir)")]
+    Missing(PathBuf),
+    #[error("spool {path}: format version {found}, this build reads version {SCHEMA_VERSION}")]
+    Version { path: PathBuf, found: i64 },
+    #[error("spool {0}: cannot create its directory: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("spool: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("spool: stored event {seq} is corrupt: {reason}")]
+    Corrupt { seq: i64, reason: String },
+}
+
+/// A handle on the spool: one writer ([`Spool::open`]) or any number of readers
+/// ([`Spool::open_read_only`]).
+pub struct Spool {
+    conn: Connection,
+    path: PathBuf,
+    /// Writer state: organization keys, counters not yet committed, next sequence.
+    orgs: HashMap<String, i64>,
+    last_seq: i64,
+    pending: Counters,
+    in_txn: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    events: u64,
+    read: u64,
+    skipped: u64,
+    duplicates: u64,
+    quarantined: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orgs(org INTEGER PRIMARY KEY, organization_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    org INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_ts_id ON events(ts_ms, id);
+CREATE INDEX IF NOT EXISTS events_org_ts ON events(org, ts_ms);
+CREATE TABLE IF NOT EXISTS quarantine(
+    qid INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints(
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    fp_len INTEGER NOT NULL,
+    fp_hash INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    PRIMARY KEY(dev, ino)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` for writing.
+    pub fn open(dir: &Path, durability: Durability, cache_bytes: u64) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|e| SpoolError::Dir(dir.to_path_buf(), e))?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "cache_size", -((cache_bytes / 1024) as i64))?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != 0 && version != SCHEMA_VERSION {
+            return Err(SpoolError::Version {
+                path,
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let mut spool = Spool::wrap(conn, path);
+        spool.last_seq = spool
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        let mut stmt = spool
+            .conn
+            .prepare("SELECT organization_id, org FROM orgs")?;
+        let orgs = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<HashMap<String, i64>, _>>()?;
+        drop(stmt);
+        spool.orgs = orgs;
+        Ok(spool)
+    }
+
+    /// Opens an existing spool for reading only; it may be written by a running relay.
+    pub fn open_read_only(dir: &Path) -> Result<Spool, SpoolError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(SpoolError::Missing(path));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(SpoolError::Version {
+                path,
+                found: version,
+            });
+        }
+        Ok(Spool::wrap(conn, path))
+    }
+
+    fn wrap(conn: Connection, path: PathBuf) -> Spool {
+        Spool {
+            conn,
+            path,
+            orgs: HashMap::new(),
+            last_seq: 0,
+            pending: Counters::default(),
+            in_txn: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored source checkpoints.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, SpoolError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dev, ino, fp_len, fp_hash, path, offset, mode FROM checkpoints")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Checkpoint {
+                file: FileId {
+                    dev: r.get::<_, i64>(0)? as u64,
+                    ino: r.get::<_, i64>(1)? as u64,
+                },
+                fingerprint: Fingerprint {
+                    len: r.get(2)?,
+                    hash: r.get(3)?,
+                },
+                path: r.get(4)?,
+                offset: r.get::<_, i64>(5)? as u64,
+                mode: ResumeMode::from_i64(r.get(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Starts a transaction that [`Spool::write`] adds to and [`Spool::commit`] ends.
+    pub fn begin(&mut self) -> Result<(), SpoolError> {
+        debug_assert!(!self.in_txn);
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.in_txn = true;
+        Ok(())
+    }
+
+    /// Adds a batch to the open transaction.
+    pub fn write(&mut self, batch: &AppendBatch) -> Result<CommitReport, SpoolError> {
+        debug_assert!(self.in_txn);
+        let mut report = CommitReport::default();
+        {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for ev in &batch.events {
+                let org = match self.orgs.get(&ev.organization_id) {
+                    Some(k) => *k,
+                    None => {
+                        self.conn.execute(
+                            "INSERT OR IGNORE INTO orgs(organization_id) VALUES (?1)",
+                            [&ev.organization_id],
+                        )?;
+                        let k: i64 = self.conn.query_row(
+                            "SELECT org FROM orgs WHERE organization_id = ?1",
+                            [&ev.organization_id],
+                            |r| r.get(0),
+                        )?;
+                        self.orgs.insert(ev.organization_id.clone(), k);
+                        k
+                    }
+                };
+                let seq = self.last_seq + 1;
+                let n = insert.execute(params![
+                    seq,
+                    ev.ts_ms,
+                    ev.id.as_bytes().as_slice(),
+                    org,
+                    ev.actor_id,
+                    ev.action,
+                    ev.body
+                ])?;
+                if n == 1 {
+                    self.last_seq = seq;
+                    report.stored += 1;
+                } else {
+                    report.duplicates += 1;
+                }
+            }
+        }
+        if !batch.quarantined.is_empty() {
+            let mut q = self.conn.prepare_cached(
+                "INSERT INTO quarantine(at_ms, reason, source, offset, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let at = now_ms();
+            for bad in &batch.quarantined {
+                q.execute(params![
+                    at,
+                    bad.reason,
+                    bad.source,
+                    bad.offset as i64,
+                    bad.raw
+                ])?;
+            }
+            report.quarantined = batch.quarantined.len() as u64;
+        }
+        for cp in &batch.checkpoints {
+            match cp {
+                CheckpointUpdate::Save(c) => {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO checkpoints(dev, ino, fp_len, fp_hash, path, offset, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute(params![
+                            c.file.dev as i64,
+                            c.file.ino as i64,
+                            c.fingerprint.len,
+                            c.fingerprint.hash,
+                            c.path,
+                            c.offset as i64,
+                            c.mode as i64
+                        ])?;
+                }
+                CheckpointUpdate::Forget(id) => {
+                    self.conn
+                        .prepare_cached("DELETE FROM checkpoints WHERE dev = ?1 AND ino = ?2")?
+                        .execute(params![id.dev as i64, id.ino as i64])?;
+                }
+            }
+        }
+        let p = &mut self.pending;
+        p.events += report.stored;
+        p.duplicates += report.duplicates;
+        p.quarantined += report.quarantined;
+        p.read += batch.read;
+        p.skipped += batch.skipped;
+        Ok(report)
+    }
+
+    /// Commits the open transaction, with the counters it moved.
+    pub fn commit(&mut self) -> Result<(), SpoolError> {
+        debug_assert!(self.in_txn);
+        let p = std::mem::take(&mut self.pending);
+        {
+            let mut add = self.conn.prepare_cached(
+                "INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            )?;
+            for (name, v) in [
+                ("events", p.events),
+                ("read", p.read),
+                ("skipped", p.skipped),
+                ("duplicates", p.duplicates),
+                ("quarantined", p.quarantined),
+            ] {
+                if v > 0 {
+                    add.execute(params![name, v as i64])?;
+                }
+            }
+        }
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?1)",
+            [self.last_seq],
+        )?;
+        self.conn.execute_batch("COMMIT")?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// Appends one batch in its own transaction.
+    pub fn append(&mut self, batch: &AppendBatch) -> Result<CommitReport, SpoolError> {
+        self.begin()?;
+        let r = self.write(batch)?;
+        self.commit()?;
+        Ok(r)
+    }
+
+    /// Totals, oldest and newest event, bytes on disk.
+    pub fn stats(&self) -> Result<Stats, SpoolError> {
+        let mut s = Stats::default();
+        let mut stmt = self.conn.prepare("SELECT name, value FROM counters")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            let v = r.get::<_, i64>(1)? as u64;
+            match name.as_str() {
+                "events" => s.events = v,
+                "read" => s.read = v,
+                "skipped" => s.skipped = v,
+                "duplicates" => s.duplicates = v,
+                "quarantined" => s.quarantined = v,
+                _ => {}
+            }
+        }
+        s.last_seq = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        let edge = |order: &str| -> Result<Option<String>, SpoolError> {
+            let sql = format!("SELECT ts_ms FROM events ORDER BY ts_ms {order} LIMIT 1");
+            let v: Option<i64> = self.conn.query_row(&sql, [], |r| r.get(0)).optional()?;
+            Ok(v.map(format_timestamp_ms))
+        };
+        s.oldest = edge("ASC")?;
+        s.newest = edge("DESC")?;
+        s.bytes = ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum();
+        Ok(s)
+    }
+
+    /// One organization's events in a time range, newest first.
+    pub fn query(&self, q: &Query) -> Result<Vec<StoredEvent>, SpoolError> {
+        let org: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT org FROM orgs WHERE organization_id = ?1",
+                [&q.organization_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(org) = org else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts_ms, body FROM events
+             WHERE org = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
+               AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
+             ORDER BY ts_ms DESC, seq DESC LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                org,
+                q.from_ms,
+                q.to_ms,
+                q.actor_id,
+                q.action,
+                q.limit as i64
+            ],
+            |r| {
+                Ok(StoredEvent {
+                    seq: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Quarantine entries, newest first.
+    pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, SpoolError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT qid, at_ms, reason, source, offset, raw FROM quarantine ORDER BY qid DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let raw: Vec<u8> = r.get(5)?;
+            Ok(QuarantineEntry {
+                qid: r.get(0)?,
+                at: format_timestamp_ms(r.get(1)?),
+                reason: r.get(2)?,
+                source: r.get(3)?,
+                offset: r.get::<_, i64>(4)? as u64,
+                raw: String::from_utf8_lossy(&raw).into_owned(),
+                raw_hex: raw.iter().map(|b| format!("{b:02x}")).collect(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every stored event id with its sequence, in sequence order (for tests and audits).
+    pub fn ids(&self) -> Result<Vec<(i64, uuid::Uuid)>, SpoolError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, id FROM events ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            let b: Vec<u8> = r.get(1)?;
+            Ok((r.get(0)?, uuid::Uuid::from_slice(&b).unwrap_or_default()))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Envelope;
+    use crate::event::{decode, Decoded, Event};
+    use crate::query::{plan, QueryRequest};
+
+    fn ev(i: u128, org: &str, ms: i64) -> Event {
+        let line = serde_json::json!({
+            "id": uuid::Uuid::from_u128(i).to_string(),
+            "timestamp": format_timestamp_ms(ms),
+            "action": if i % 2 == 0 { "startWorkspace" } else { "stopWorkspace" },
+            "organizationId": org, "actorId": format!("actor-{}", i % 3), "args": [i as u64],
+        })
+        .to_string();
+        match decode(line.as_bytes(), Envelope::Event) {
+            Decoded::Event(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn append_dedups_and_queries_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        let batch = AppendBatch {
+            events: (0..10)
+                .map(|i| ev(i, if i < 6 { "A" } else { "B" }, 1000 + i as i64))
+                .collect(),
+            read: 10,
+            ..Default::default()
+        };
+        assert_eq!(s.append(&batch).unwrap().stored, 10);
+        let again = s.append(&batch).unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 10));
+        let stats = s.stats().unwrap();
+        assert_eq!(
+            (stats.events, stats.duplicates, stats.read, stats.last_seq),
+            (10, 10, 20, 10)
+        );
+        let mut r = QueryRequest {
+            organization_id: "A".into(),
+            from: Some(format_timestamp_ms(0)),
+            ..Default::default()
+        };
+        let q = plan(&r, 10_000, 100, 250).unwrap();
+        let got: Vec<i64> = s.query(&q).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![6, 5, 4, 3, 2, 1]);
+        r.action = Some("startWorkspace".into());
+        r.actor_id = Some("actor-0".into());
+        let q = plan(&r, 10_000, 100, 250).unwrap();
+        let got: Vec<i64> = s.query(&q).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![1]);
+        // Reopening keeps the sequence going.
+        drop(s);
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        s.append(&AppendBatch {
+            events: vec![ev(99, "A", 5)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.stats().unwrap().last_seq, 11);
+        let ro = Spool::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.ids().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn missing_spool_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Spool::open_read_only(&dir.path().join("nope"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("no spool at"), "{e}");
+    }
+}
