@@ -16,6 +16,7 @@ use crate::event::{decode, Decoded};
 use crate::spool::{AppendBatch, Quarantined};
 use framing::Frame;
 use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
 
 /// How many raw bytes of a bad record are kept in quarantine.
 pub const QUARANTINE_RAW_BYTES: usize = 4096;
@@ -32,6 +33,9 @@ pub struct Collector {
     envelope: Envelope,
     batch: AppendBatch,
     tx: SyncSender<AppendBatch>,
+    /// Quarantine warnings are limited to one a second; the rest are counted.
+    last_warning: Option<Instant>,
+    unlogged: u64,
 }
 
 impl Collector {
@@ -40,6 +44,8 @@ impl Collector {
             envelope,
             batch: AppendBatch::default(),
             tx,
+            last_warning: None,
+            unlogged: 0,
         }
     }
 
@@ -62,7 +68,22 @@ impl Collector {
 
     fn quarantine(&mut self, reason: String, source: &str, offset: u64, raw: &[u8]) {
         // Never the raw bytes at info level: they may hold an event's args.
-        tracing::warn!(source, offset, %reason, "record quarantined");
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                source,
+                offset,
+                %reason,
+                also_quarantined_since_last_warning = self.unlogged,
+                "record quarantined (see `audit-relay quarantine list`)"
+            );
+            self.last_warning = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
         self.batch.quarantined.push(Quarantined {
             reason,
             source: source.to_string(),
