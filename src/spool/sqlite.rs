@@ -454,7 +454,7 @@ mod tests {
         let line = serde_json::json!({
             "id": uuid::Uuid::from_u128(i).to_string(),
             "timestamp": format_timestamp_ms(ms),
-            "action": if i % 2 == 0 { "startWorkspace" } else { "stopWorkspace" },
+            "action": if i.is_multiple_of(2) { "startWorkspace" } else { "stopWorkspace" },
             "organizationId": org, "actorId": format!("actor-{}", i % 3), "args": [i as u64],
         })
         .to_string();
