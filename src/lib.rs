@@ -8,6 +8,8 @@
 //!   checkpoints, the file tailer, standard input.
 //! - [`spool`]: the durable store (SQLite): append with checkpoints, query, stats.
 //! - [`query`]: query planning (pure), shared by the CLI and (later) the API.
+//! - [`forward`]: CloudWatch batches and retry classification (the forwarder itself
+//!   comes with its own issue).
 //! - [`pipeline`]: `audit-relay run`: wires sources to the spool writer, shutdown.
 //! - [`telemetry`]: the relay's own logs.
 //!
@@ -18,6 +20,7 @@
 
 pub mod config;
 pub mod event;
+pub mod forward;
 pub mod pipeline;
 pub mod query;
 pub mod source;

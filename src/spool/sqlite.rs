@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// The on-disk format version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = 1;
+/// WAL size (in pages) at which a commit also checkpoints the WAL into the database.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// File name of the database inside `spool.dir`.
 pub const DB_FILE: &str = "spool.db";
 
@@ -105,6 +107,11 @@ impl Spool {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "cache_size", -((cache_bytes / 1024) as i64))?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        let ckpt: i64 = std::env::var("AR_CKPT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        conn.pragma_update(None, "wal_autocheckpoint", ckpt)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version != 0 && version != SCHEMA_VERSION {
             return Err(SpoolError::Version {
