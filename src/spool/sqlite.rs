@@ -107,11 +107,9 @@ impl Spool {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "cache_size", -((cache_bytes / 1024) as i64))?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        let ckpt: i64 = std::env::var("AR_CKPT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        conn.pragma_update(None, "wal_autocheckpoint", ckpt)?;
+        // Fewer, larger WAL checkpoints: a hot index page changed by many commits is
+        // copied into the database once per checkpoint (docs/benchmarks.md).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version != 0 && version != SCHEMA_VERSION {
             return Err(SpoolError::Version {
