@@ -5,7 +5,7 @@
 //! taken for the old file. A [`Checkpoint`] says where reading resumes; it is stored in
 //! the spool in the same transaction as the events read up to it.
 
-use super::framing::ResumeMode;
+use super::framing::Resume;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io;
@@ -89,8 +89,7 @@ pub struct Checkpoint {
     pub fingerprint: Fingerprint,
     /// The path the file was last seen at (for operators; identity is `file`).
     pub path: String,
-    pub offset: u64,
-    pub mode: ResumeMode,
+    pub resume: Resume,
 }
 
 /// A change to the stored checkpoints, committed with the events before it.

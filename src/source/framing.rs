@@ -3,13 +3,15 @@
 //! Pure and synchronous: [`Deframer::push`] takes the next bytes read from the file and
 //! calls back with each complete record (or each bad one). [`Deframer::resume_point`]
 //! says where to start reading again after a restart so that no record is lost or
-//! repeated: the first byte of the first record not yet emitted, or a position inside an
-//! oversize record together with the instruction to keep skipping it.
+//! repeated: the first byte of the first record not yet emitted (or a position inside
+//! an oversize line with the instruction to keep skipping it), and up to where records
+//! were already emitted and must not be emitted again while re-reading.
 //!
 //! Layers: bytes → physical lines (`\n`, a trailing `\r` dropped) → records. For `plain`
 //! a line is a record. For `cri` (`<time> <stream> <P|F> <text>`) and `docker`
 //! (`{"log":"…","stream":…,"time":…}`) a record is the text of partial pieces joined up
-//! to the final one. Memory is bounded: no line or record grows past the limit; past it,
+//! to the final one; the two streams (stdout, stderr) of one file are joined
+//! separately, since a runtime may interleave their pieces. Memory is bounded: no line or record grows past the limit; past it,
 //! the first KiB is reported as bad and the rest is skipped.
 
 use crate::config::Framing;
@@ -29,19 +31,47 @@ pub enum ResumeMode {
     Normal = 0,
     /// Inside an oversize physical line already reported: discard up to its `\n`.
     SkipLine = 1,
-    /// At a line boundary inside an oversize partial record already reported: discard
-    /// pieces up to and including the final one.
-    SkipRecord = 2,
 }
 
 impl ResumeMode {
     pub fn from_i64(v: i64) -> ResumeMode {
         match v {
             1 => ResumeMode::SkipLine,
-            2 => ResumeMode::SkipRecord,
             _ => ResumeMode::Normal,
         }
     }
+}
+
+/// Where and how reading of a file resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub offset: u64,
+    pub mode: ResumeMode,
+    /// Records (and bad input) found on lines starting before this offset were already
+    /// emitted: when re-reading from `offset` to rebuild a partial record, they are
+    /// consumed silently. Equal to `offset` when nothing is re-read.
+    pub replay_until: u64,
+}
+
+impl Resume {
+    /// Reading starts fresh at `offset`.
+    pub fn at(offset: u64) -> Resume {
+        Resume {
+            offset,
+            mode: ResumeMode::Normal,
+            replay_until: offset,
+        }
+    }
+}
+
+/// The partial record of one stream (`cri`, `docker`).
+#[derive(Debug, Default)]
+struct Partial {
+    text: Vec<u8>,
+    /// File offset of its first piece; set while pending or skipping.
+    start: Option<u64>,
+    /// Oversize and already reported: discard pieces up to the final one.
+    skipping: bool,
 }
 
 /// Something the deframer found.
@@ -68,17 +98,15 @@ pub struct Deframer {
     buf_start: u64,
     /// Discarding the rest of an oversize physical line (up to its `\n`).
     skip_line: bool,
-    /// Text of the partial pieces of the current record (`cri`, `docker`).
-    pending: Vec<u8>,
-    /// File offset of the first piece of `pending`.
-    pending_start: Option<u64>,
-    /// Discarding pieces of an oversize record up to its final piece.
-    skip_record: bool,
+    /// Partial records of stdout (0) and stderr (1).
+    partial: [Partial; 2],
+    /// See [`Resume::replay_until`].
+    replay_until: u64,
 }
 
 impl Deframer {
-    /// A deframer that starts at `offset` of a file, in `mode`.
-    pub fn new(framing: Framing, max_record: usize, offset: u64, mode: ResumeMode) -> Self {
+    /// A deframer that resumes a file at `resume`.
+    pub fn new(framing: Framing, max_record: usize, resume: Resume) -> Self {
         let max_line = match framing {
             Framing::Plain => max_record,
             Framing::Cri | Framing::Docker => max_record + FRAME_OVERHEAD,
@@ -88,25 +116,34 @@ impl Deframer {
             max_record,
             max_line,
             buf: Vec::new(),
-            buf_start: offset,
-            skip_line: mode == ResumeMode::SkipLine,
-            pending: Vec::new(),
-            pending_start: None,
-            skip_record: mode == ResumeMode::SkipRecord,
+            buf_start: resume.offset,
+            skip_line: resume.mode == ResumeMode::SkipLine,
+            partial: Default::default(),
+            replay_until: resume.replay_until.max(resume.offset),
         }
     }
 
     /// Where to resume after a restart, given everything emitted so far is stored.
-    pub fn resume_point(&self) -> (u64, ResumeMode) {
-        let pos_after_buf = self.buf_start + self.buf.len() as u64;
+    /// A partial record (pending, or oversize and being skipped) is read again from its
+    /// first piece, so that it is rebuilt or recognized again.
+    pub fn resume_point(&self) -> Resume {
         if self.skip_line {
-            (pos_after_buf, ResumeMode::SkipLine)
-        } else if self.skip_record {
-            (self.buf_start, ResumeMode::SkipRecord)
-        } else if let Some(start) = self.pending_start {
-            (start, ResumeMode::Normal)
-        } else {
-            (self.buf_start, ResumeMode::Normal)
+            return Resume {
+                mode: ResumeMode::SkipLine,
+                ..Resume::at(self.read_offset())
+            };
+        }
+        let replay_until = self.replay_until.max(self.buf_start);
+        match self.partial.iter().filter_map(|p| p.start).min() {
+            Some(start) => Resume {
+                offset: start,
+                mode: ResumeMode::Normal,
+                replay_until,
+            },
+            None => Resume {
+                replay_until,
+                ..Resume::at(self.buf_start)
+            },
         }
     }
 
@@ -117,7 +154,26 @@ impl Deframer {
 
     /// Bytes held in memory (bounded by the line and record limits).
     pub fn buffered(&self) -> usize {
-        self.buf.len() + self.pending.len()
+        self.buf.len() + self.partial.iter().map(|p| p.text.len()).sum::<usize>()
+    }
+
+    /// At the end of a stream that will not grow (standard input): an unterminated last
+    /// line counts as complete, and partial records that never got their final piece
+    /// are reported as bad.
+    pub fn finish(&mut self, out: &mut impl FnMut(Frame<'_>)) {
+        if !self.buf.is_empty() {
+            self.push(b"\n", out);
+        }
+        for p in &mut self.partial {
+            if let (Some(start), false) = (p.start, p.skipping) {
+                out(Frame::Bad {
+                    reason: "record: input ended before its final piece".to_string(),
+                    raw: &p.text[..p.text.len().min(OVERSIZE_HEAD_BYTES)],
+                    offset: start,
+                });
+            }
+            *p = Partial::default();
+        }
     }
 
     /// Feeds the next bytes of the file; calls `out` for every record or bad input.
@@ -190,28 +246,30 @@ impl Deframer {
     fn oversize_line(&mut self, out: &mut impl FnMut(Frame<'_>)) {
         let start = self.buf_start;
         let head = &self.buf[..self.buf.len().min(OVERSIZE_HEAD_BYTES)];
-        out(Frame::Bad {
-            reason: format!(
-                "line: longer than source.max_line_bytes ({} bytes); first {} bytes kept, the rest skipped",
-                self.max_record,
-                head.len()
-            ),
-            raw: head,
-            offset: start,
-        });
+        if start >= self.replay_until {
+            out(Frame::Bad {
+                reason: format!(
+                    "line: longer than source.max_line_bytes ({} bytes); first {} bytes kept, the rest skipped",
+                    self.max_record,
+                    head.len()
+                ),
+                raw: head,
+                offset: start,
+            });
+        }
         self.buf_start += self.buf.len() as u64;
         self.buf.clear();
         self.skip_line = true;
-        // A partial record cut by a broken line is lost with it.
-        self.pending.clear();
-        self.pending_start = None;
+        // Partial records cut by a broken line are lost with it.
+        self.partial = Default::default();
     }
 
     fn frame_line(&mut self, line: &[u8], start: u64, out: &mut impl FnMut(Frame<'_>)) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let replaying = start < self.replay_until;
         match self.framing {
             Framing::Plain => {
-                if !line.iter().all(u8::is_ascii_whitespace) {
+                if !replaying && !line.iter().all(u8::is_ascii_whitespace) {
                     out(Frame::Record {
                         bytes: line,
                         offset: start,
@@ -219,7 +277,8 @@ impl Deframer {
                 }
             }
             Framing::Cri => match parse_cri(line) {
-                Some((text, last)) => self.piece(text, last, start, out),
+                Some((stream, text, last)) => self.piece(stream, text, last, start, out),
+                None if replaying => {}
                 None => out(bad(
                     "cri: malformed record: expected \"<time> <stdout|stderr> <P|F> <text>\"",
                     line,
@@ -233,8 +292,10 @@ impl Deframer {
                         None => (&*d.log, false),
                     };
                     let text = text.as_bytes().to_vec();
-                    self.piece(&text, last, start, out)
+                    let stream = usize::from(d.stream.as_deref() == Some("stderr"));
+                    self.piece(stream, &text, last, start, out)
                 }
+                Err(_) if replaying => {}
                 Err(e) => out(bad(
                     &format!("docker: not a json-file record: {e}"),
                     line,
@@ -244,52 +305,63 @@ impl Deframer {
         }
     }
 
-    /// One piece of a `cri`/`docker` record; `last` when it ends the record.
-    fn piece(&mut self, text: &[u8], last: bool, start: u64, out: &mut impl FnMut(Frame<'_>)) {
-        if self.skip_record {
-            self.skip_record = !last;
+    /// One piece of a `cri`/`docker` record of `stream`; `last` when it ends the record.
+    fn piece(
+        &mut self,
+        stream: usize,
+        text: &[u8],
+        last: bool,
+        start: u64,
+        out: &mut impl FnMut(Frame<'_>),
+    ) {
+        let max_record = self.max_record;
+        let p = &mut self.partial[stream];
+        if p.skipping {
+            if last {
+                *p = Partial::default();
+            }
             return;
         }
-        if self.pending_start.is_none() {
-            if last {
-                if !text.iter().all(u8::is_ascii_whitespace) {
-                    out(Frame::Record {
-                        bytes: text,
-                        offset: start,
-                    });
-                }
-                return;
-            }
-            self.pending_start = Some(start);
-        }
-        let rec_start = self.pending_start.expect("set above");
-        if self.pending.len() + text.len() > self.max_record {
-            let mut head = std::mem::take(&mut self.pending);
+        let rec_start = *p.start.get_or_insert(start);
+        // Whatever ends on a line before `replay_until` was emitted before a restart.
+        let replaying = start < self.replay_until;
+        if p.text.len() + text.len() > max_record {
+            let mut head = std::mem::take(&mut p.text);
             head.extend_from_slice(&text[..text.len().min(OVERSIZE_HEAD_BYTES)]);
             head.truncate(OVERSIZE_HEAD_BYTES);
-            out(Frame::Bad {
-                reason: format!(
-                    "record: longer than source.max_line_bytes ({} bytes); first {} bytes kept, the rest skipped",
-                    self.max_record,
-                    head.len()
-                ),
-                raw: &head,
-                offset: rec_start,
-            });
-            self.pending_start = None;
-            self.skip_record = !last;
+            if last {
+                *p = Partial::default();
+            } else {
+                p.skipping = true;
+            }
+            if !replaying {
+                out(Frame::Bad {
+                    reason: format!(
+                        "record: longer than source.max_line_bytes ({max_record} bytes); first {} bytes kept, the rest skipped",
+                        head.len()
+                    ),
+                    raw: &head,
+                    offset: rec_start,
+                });
+            }
             return;
         }
-        self.pending.extend_from_slice(text);
-        if last {
-            let rec = std::mem::take(&mut self.pending);
-            self.pending_start = None;
+        if !last {
+            p.text.extend_from_slice(text);
+            return;
+        }
+        let whole: Cow<[u8]> = if p.text.is_empty() {
+            Cow::Borrowed(text)
+        } else {
+            p.text.extend_from_slice(text);
+            Cow::Owned(std::mem::take(&mut p.text))
+        };
+        *p = Partial::default();
+        if !replaying && !whole.iter().all(u8::is_ascii_whitespace) {
             out(Frame::Record {
-                bytes: &rec,
+                bytes: &whole,
                 offset: rec_start,
             });
-            self.pending = rec;
-            self.pending.clear();
         }
     }
 }
@@ -306,22 +378,30 @@ fn bad<'a>(reason: &str, raw: &'a [u8], offset: u64) -> Frame<'a> {
 struct DockerLine<'a> {
     #[serde(borrow)]
     log: Cow<'a, str>,
+    #[serde(borrow)]
+    stream: Option<Cow<'a, str>>,
 }
 
-/// Splits a CRI line into its text and whether it is the final piece.
-fn parse_cri(line: &[u8]) -> Option<(&[u8], bool)> {
+/// Splits a CRI line into its stream (0 stdout, 1 stderr), its text, and whether it is
+/// the final piece.
+fn parse_cri(line: &[u8]) -> Option<(usize, &[u8], bool)> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let time = parts.next()?;
     let stream = parts.next()?;
     let tag = parts.next()?;
     let text = parts.next().unwrap_or(b"");
-    if time.is_empty() || !(stream == b"stdout" || stream == b"stderr") {
+    let stream = match stream {
+        b"stdout" => 0,
+        b"stderr" => 1,
+        _ => return None,
+    };
+    if time.is_empty() {
         return None;
     }
     // Tags are `P` or `F`, possibly followed by `:`-separated flags.
     match tag.split(|b| *b == b':').next()? {
-        b"P" => Some((text, false)),
-        b"F" => Some((text, true)),
+        b"P" => Some((stream, text, false)),
+        b"F" => Some((stream, text, true)),
         _ => None,
     }
 }
@@ -363,15 +443,12 @@ mod tests {
     }
 
     fn all(framing: Framing, max: usize, input: &[u8]) -> Vec<Out> {
-        run(
-            &mut Deframer::new(framing, max, 0, ResumeMode::Normal),
-            &[input],
-        )
+        run(&mut Deframer::new(framing, max, Resume::at(0)), &[input])
     }
 
     #[test]
     fn plain_lines_and_incomplete_tail() {
-        let mut d = Deframer::new(Framing::Plain, 100, 0, ResumeMode::Normal);
+        let mut d = Deframer::new(Framing::Plain, 100, Resume::at(0));
         let out = run(&mut d, &[b"{\"a\":1}\r\n{\"b\"", b":2}\n\n{\"c\":3}"]);
         assert_eq!(
             out,
@@ -381,12 +458,12 @@ mod tests {
             ]
         );
         // The last line has no newline yet: not consumed.
-        assert_eq!(d.resume_point(), (18, ResumeMode::Normal));
+        assert_eq!(d.resume_point(), Resume::at(18));
         assert_eq!(
             run(&mut d, &[b"\n"]),
             vec![Out::Rec(b"{\"c\":3}".to_vec(), 18)]
         );
-        assert_eq!(d.resume_point(), (26, ResumeMode::Normal));
+        assert_eq!(d.resume_point(), Resume::at(26));
     }
 
     #[test]
@@ -395,7 +472,7 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 5000));
         input.extend(b"\nok2\n");
         for chunk in [1, 7, 100, 4096, 10_000] {
-            let mut d = Deframer::new(Framing::Plain, 1500, 0, ResumeMode::Normal);
+            let mut d = Deframer::new(Framing::Plain, 1500, Resume::at(0));
             let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
             let out = run(&mut d, &chunks);
             assert_eq!(
@@ -426,10 +503,10 @@ mod tests {
                 Out::Bad("cri".into(), 6, at("broken")),
             ]
         );
-        let mut d = Deframer::new(Framing::Cri, 100, 0, ResumeMode::Normal);
+        let mut d = Deframer::new(Framing::Cri, 100, Resume::at(0));
         run(&mut d, &[&input[..76]]);
         // Mid-record: resume re-reads from the first piece.
-        assert_eq!(d.resume_point(), (0, ResumeMode::Normal));
+        assert_eq!(d.resume_point().offset, 0);
     }
 
     #[test]
@@ -437,19 +514,70 @@ mod tests {
         let piece = format!("t stdout P {}\n", "y".repeat(600));
         let mut input = piece.repeat(3).into_bytes();
         input.extend(b"t stdout F end\nt stdout F {}\n");
-        let mut d = Deframer::new(Framing::Cri, 1000, 0, ResumeMode::Normal);
+        let mut d = Deframer::new(Framing::Cri, 1000, Resume::at(0));
         let out = run(&mut d, &[&input[..piece.len() * 2 + 3]]);
         assert_eq!(out, vec![Out::Bad("record".into(), 1024, 0)]);
-        let (off, mode) = d.resume_point();
-        assert_eq!(
-            (off, mode),
-            (piece.len() as u64 * 2, ResumeMode::SkipRecord)
-        );
-        // A restart at the resume point skips the rest of the record too.
-        let mut d2 = Deframer::new(Framing::Cri, 1000, off, mode);
-        let out = run(&mut d2, &[&input[off as usize..]]);
+        let r = d.resume_point();
+        // The oversize record is read again from its start, silently, after a restart.
+        assert_eq!((r.offset, r.replay_until), (0, piece.len() as u64 * 2));
+        let mut d2 = Deframer::new(Framing::Cri, 1000, r);
+        let out = run(&mut d2, &[&input[..]]);
         let last = (input.len() - "t stdout F {}\n".len()) as u64;
         assert_eq!(out, vec![Out::Rec(b"{}".to_vec(), last)]);
+    }
+
+    #[test]
+    fn interleaved_streams_are_joined_separately() {
+        let input = b"t stdout P {\"a\":\nt stderr F {\"err\":1}\nt stdout F 1}\n";
+        let out = all(Framing::Cri, 100, input);
+        assert_eq!(
+            out,
+            vec![
+                Out::Rec(b"{\"err\":1}".to_vec(), 17),
+                Out::Rec(b"{\"a\":1}".to_vec(), 0)
+            ]
+        );
+        // Restart between the stderr record and the end of the stdout one: the stdout
+        // record is rebuilt from its first piece, the stderr one is not emitted again.
+        let mut d = Deframer::new(Framing::Cri, 100, Resume::at(0));
+        run(&mut d, &[&input[..38]]);
+        let r = d.resume_point();
+        assert_eq!((r.offset, r.replay_until), (0, 38));
+        let out = run(&mut Deframer::new(Framing::Cri, 100, r), &[&input[..]]);
+        assert_eq!(out, vec![Out::Rec(b"{\"a\":1}".to_vec(), 0)]);
+    }
+
+    #[test]
+    fn finish_completes_the_last_line_and_reports_open_records() {
+        let mut d = Deframer::new(Framing::Cri, 100, Resume::at(0));
+        let mut out = run(
+            &mut d,
+            &[b"t stdout F {}\nt stderr P {\"a\"\nt stdout F {\"b\":1}"],
+        );
+        d.finish(&mut |f| {
+            if let Frame::Record { bytes, offset } = f {
+                out.push(Out::Rec(bytes.to_vec(), offset));
+            } else if let Frame::Bad {
+                reason,
+                raw,
+                offset,
+            } = f
+            {
+                out.push(Out::Bad(
+                    reason.split(':').next().unwrap().into(),
+                    raw.len(),
+                    offset,
+                ));
+            }
+        });
+        assert_eq!(
+            out,
+            vec![
+                Out::Rec(b"{}".to_vec(), 0),
+                Out::Rec(b"{\"b\":1}".to_vec(), 30),
+                Out::Bad("record".into(), 4, 14),
+            ]
+        );
     }
 
     #[test]
@@ -497,7 +625,7 @@ mod tests {
             };
             let expected: Vec<Vec<u8>> = records.iter().map(|(r, _)| r.as_bytes().to_vec()).collect();
             let mut got = Vec::new();
-            let mut d = Deframer::new(framing, 1000, 0, ResumeMode::Normal);
+            let mut d = Deframer::new(framing, 1000, Resume::at(0));
             let mut pos = 0usize;
             let mut last_restart = 0u64;
             let mut i = 0;
@@ -508,11 +636,11 @@ mod tests {
                 }
                 pos += n;
                 // Restart only past the last restart point, so the walk always advances.
-                let (off, mode) = d.resume_point();
-                if restart_at[i % restart_at.len()] && off > last_restart {
-                    d = Deframer::new(framing, 1000, off, mode);
-                    pos = off as usize;
-                    last_restart = off;
+                let r = d.resume_point();
+                if restart_at[i % restart_at.len()] && r.replay_until > last_restart {
+                    d = Deframer::new(framing, 1000, r);
+                    pos = r.offset as usize;
+                    last_restart = r.replay_until;
                 }
                 i += 1;
             }

@@ -1,7 +1,7 @@
 //! Standard input as a source (`paths = ["-"]`): no checkpoint, ends at end of input.
 //! At end of input an unterminated last line counts as complete.
 
-use super::framing::{Deframer, ResumeMode};
+use super::framing::{Deframer, Resume};
 use super::{Collector, WriterGone};
 use crate::config::SourceConfig;
 use std::io::Read;
@@ -13,12 +13,7 @@ pub fn run(
     mut out: Collector,
     cancel: &CancellationToken,
 ) -> Result<(), WriterGone> {
-    let mut de = Deframer::new(
-        cfg.format,
-        cfg.max_line_bytes.0 as usize,
-        0,
-        ResumeMode::Normal,
-    );
+    let mut de = Deframer::new(cfg.format, cfg.max_line_bytes.0 as usize, Resume::at(0));
     let mut chunk = vec![0u8; 64 << 10];
     let mut stdin = std::io::stdin().lock();
     while !cancel.is_cancelled() {
@@ -34,9 +29,7 @@ pub fn run(
         de.push(&chunk[..n], &mut |f| out.frame(f, "stdin"));
         out.send()?;
     }
-    if de.resume_point().0 < de.read_offset() {
-        de.push(b"\n", &mut |f| out.frame(f, "stdin"));
-    }
+    de.finish(&mut |f| out.frame(f, "stdin"));
     out.send()?;
     tracing::info!(bytes = de.read_offset(), "standard input ended");
     Ok(())

@@ -15,7 +15,7 @@
 //! - delete + recreate: like rename; a reused inode is told apart by its fingerprint.
 
 use super::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
-use super::framing::{Deframer, ResumeMode};
+use super::framing::{Deframer, Resume, ResumeMode};
 use super::{Collector, WriterGone};
 use crate::config::{SourceConfig, StartAt};
 use notify::Watcher;
@@ -46,13 +46,11 @@ struct Tailed {
 
 impl Tailed {
     fn checkpoint(&self) -> Checkpoint {
-        let (offset, mode) = self.de.resume_point();
         Checkpoint {
             file: self.id,
             fingerprint: self.fp,
             path: self.name.clone(),
-            offset,
-            mode,
+            resume: self.de.resume_point(),
         }
     }
 }
@@ -179,11 +177,11 @@ impl FileSource {
         let size = meta.len();
         let fp = Fingerprint::read(&file)?;
         let name = path.display().to_string();
-        let (offset, mode, how) = match self.saved.remove(&id) {
-            Some(cp) if cp.fingerprint.matches(&file)? && cp.offset <= size => {
-                (cp.offset, cp.mode, "checkpoint")
+        let (resume, how) = match self.saved.remove(&id) {
+            Some(cp) if cp.fingerprint.matches(&file)? && cp.resume.replay_until <= size => {
+                (cp.resume, "checkpoint")
             }
-            Some(_) => (0, ResumeMode::Normal, "replaced since its checkpoint"),
+            Some(_) => (Resume::at(0), "replaced since its checkpoint"),
             None if self.first_scan && self.cfg.start_at == StartAt::End => {
                 let mut last = [0u8; 1];
                 let mid_line =
@@ -193,11 +191,17 @@ impl FileSource {
                 } else {
                     ResumeMode::Normal
                 };
-                (size, mode, "end")
+                (
+                    Resume {
+                        mode,
+                        ..Resume::at(size)
+                    },
+                    "end",
+                )
             }
-            None => (0, ResumeMode::Normal, "beginning"),
+            None => (Resume::at(0), "beginning"),
         };
-        tracing::info!(path = %name, offset, from = how, "following file");
+        tracing::info!(path = %name, offset = resume.offset, from = how, "following file");
         let max = self.cfg.max_line_bytes.0 as usize;
         self.files.push(Tailed {
             path: path.to_path_buf(),
@@ -205,7 +209,7 @@ impl FileSource {
             id,
             fp,
             file,
-            de: Deframer::new(self.cfg.format, max, offset, mode),
+            de: Deframer::new(self.cfg.format, max, resume),
             matched: true,
             last_growth: Instant::now(),
             dirty: true,
@@ -243,7 +247,7 @@ impl FileSource {
                 offset = t.de.read_offset(),
                 "file truncated or its content replaced (copytruncate); reading it again from its start"
             );
-            t.de = Deframer::new(self.cfg.format, max, 0, ResumeMode::Normal);
+            t.de = Deframer::new(self.cfg.format, max, Resume::at(0));
             t.fp = Fingerprint::read(&t.file).unwrap_or(Fingerprint { len: 0, hash: 0 });
             t.dirty = true;
         }

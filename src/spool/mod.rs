@@ -19,7 +19,7 @@
 //! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array) |
 //! | `orgs` | `org` (rowid) | `organization_id`: a compact integer key per organization |
 //! | `quarantine` | `qid` | `at_ms`, `reason`, `source`, `offset`, `raw` (capped) |
-//! | `checkpoints` | `(dev, ino)` | `fp_len`, `fp_hash`, `path`, `offset`, `mode` |
+//! | `checkpoints` | `(dev, ino)` | `fp_len`, `fp_hash`, `path`, `offset`, `mode`, `replay_until` |
 //! | `counters` | `name` | `value` |
 //! | `meta` | `key` | `value`: `last_seq` |
 //!

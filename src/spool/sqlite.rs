@@ -5,7 +5,7 @@ use crate::config::Durability;
 use crate::event::format_timestamp_ms;
 use crate::query::Query;
 use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
-use crate::source::framing::ResumeMode;
+use crate::source::framing::{Resume, ResumeMode};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     path TEXT NOT NULL,
     offset INTEGER NOT NULL,
     mode INTEGER NOT NULL,
+    replay_until INTEGER NOT NULL,
     PRIMARY KEY(dev, ino)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -176,9 +177,9 @@ impl Spool {
 
     /// The stored source checkpoints.
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, SpoolError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT dev, ino, fp_len, fp_hash, path, offset, mode FROM checkpoints")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, fp_len, fp_hash, path, offset, mode, replay_until FROM checkpoints",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(Checkpoint {
                 file: FileId {
@@ -190,8 +191,11 @@ impl Spool {
                     hash: r.get(3)?,
                 },
                 path: r.get(4)?,
-                offset: r.get::<_, i64>(5)? as u64,
-                mode: ResumeMode::from_i64(r.get(6)?),
+                resume: Resume {
+                    offset: r.get::<_, i64>(5)? as u64,
+                    mode: ResumeMode::from_i64(r.get(6)?),
+                    replay_until: r.get::<_, i64>(7)? as u64,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -269,7 +273,7 @@ impl Spool {
                 CheckpointUpdate::Save(c) => {
                     self.conn
                         .prepare_cached(
-                            "INSERT OR REPLACE INTO checkpoints(dev, ino, fp_len, fp_hash, path, offset, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            "INSERT OR REPLACE INTO checkpoints(dev, ino, fp_len, fp_hash, path, offset, mode, replay_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                         )?
                         .execute(params![
                             c.file.dev as i64,
@@ -277,8 +281,9 @@ impl Spool {
                             c.fingerprint.len,
                             c.fingerprint.hash,
                             c.path,
-                            c.offset as i64,
-                            c.mode as i64
+                            c.resume.offset as i64,
+                            c.resume.mode as i64,
+                            c.resume.replay_until as i64
                         ])?;
                 }
                 CheckpointUpdate::Forget(id) => {
