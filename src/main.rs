@@ -167,14 +167,14 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 wait_for_signal().await;
-                tracing::info!("shutdown signal received");
                 shutdown.cancel();
+                tracing::info!("shutdown signal received");
             })
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "audit-relay starting");
@@ -187,7 +187,11 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
                 Err(e)
             }
         }
-    })
+    });
+    // A blocking read of standard input cannot be interrupted; everything read is
+    // committed by now, so do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 async fn wait_for_signal() {
@@ -245,9 +249,9 @@ fn query(config: &Config, req: &QueryRequest, json: bool) -> anyhow::Result<Exit
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let events = Spool::open_read_only(&config.spool.dir)?.query(&q)?;
-    let mut out = std::io::stdout().lock();
-    for ev in events {
+    let spool = Spool::open_read_only(&config.spool.dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    spool.query_each(&q, |ev| -> anyhow::Result<()> {
         let api = ApiAuditLog::from_body(&ev.body, ev.ts_ms)
             .map_err(|r| anyhow::anyhow!("stored event {} is corrupt: {r}", ev.seq))?;
         if json {
@@ -262,6 +266,8 @@ fn query(config: &Config, req: &QueryRequest, json: bool) -> anyhow::Result<Exit
                 api.id
             )?;
         }
-    }
+        Ok(())
+    })?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

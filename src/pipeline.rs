@@ -1,15 +1,20 @@
 //! `audit-relay run`: wires the sources to the spool writer and stops them in order.
 //!
 //! Threads: one file source (tail, frame, decode), one standard-input source, one spool
-//! writer; bounded channel between them. Shutdown order: sources stop reading and hand
-//! over their last batch, then the writer commits and exits, all within
-//! `shutdown_grace`.
+//! writer; bounded channel between them. One async task forwards to CloudWatch.
+//! Shutdown order: sources stop reading and hand over their last batch, the forwarder
+//! finishes its call in flight, then the writer commits (events and forwarding
+//! progress) and exits, all within `shutdown_grace`.
 
 use crate::config::Config;
+use crate::forward::{self, forwarder::ForwardHealth};
 use crate::source::{stdin, tail::FileSource, Collector};
-use crate::spool::{Spool, SpoolWriter, WriterOptions};
+use crate::spool::{ProgressInbox, Spool, SpoolWriter, WriterOptions};
 use anyhow::{anyhow, Context};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,13 +47,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     let (tx, rx) = sync_channel(CHANNEL_BATCHES);
     let writer_stop = CancellationToken::new();
+    let progress = ProgressInbox::default();
     let opts = WriterOptions {
         max_events: config.spool.commit_max_events,
         interval: config.spool.commit_interval.0,
     };
     let mut writer: JoinHandle<_> = {
         let stop = writer_stop.clone();
-        tokio::task::spawn_blocking(move || SpoolWriter::new(spool, opts).run(rx, stop))
+        let inbox = progress.clone();
+        tokio::task::spawn_blocking(move || SpoolWriter::new(spool, opts, inbox).run(rx, stop))
     };
 
     let src = config.source.clone();
@@ -72,6 +79,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     drop(tx);
 
+    let health = Arc::new(ForwardHealth::default());
+    let forward_cancel = CancellationToken::new();
+    let forwarder: Option<JoinHandle<()>> = match config.cloudwatch.as_ref().filter(|c| c.enabled) {
+        Some(cw) => {
+            let f = forward::build(
+                cw,
+                &config.spool.dir,
+                progress.clone(),
+                forward_cancel.clone(),
+                health.clone(),
+            )
+            .await;
+            match f {
+                Ok(f) => Some(tokio::spawn(f.run())),
+                Err(e) => {
+                    shutdown.cancel();
+                    writer_stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        None => {
+            tracing::info!(
+                "no [cloudwatch] section (or enabled = false): events stay in the spool only"
+            );
+            None
+        }
+    };
+
     let sources_done = async {
         if let Some(h) = stdin_src {
             let _ = h.await;
@@ -92,11 +128,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             };
         }
     };
-    tracing::info!(reason = ?ended, "stopping: sources first, then the spool");
+    if ended == Ended::SourcesDone && forwarder.is_some() {
+        // Input ended (standard input): let the forwarder send what was read first.
+        tokio::time::sleep(config.spool.commit_interval.0 + Duration::from_millis(50)).await;
+        let target = progress.committed_seq();
+        tracing::info!(
+            up_to_seq = target,
+            "input ended; waiting for the forwarder to send everything (SIGTERM to stop now)"
+        );
+        while health.cursor.load(Ordering::Acquire) < target && !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+    tracing::info!(reason = ?ended, "stopping: sources first, then the forwarder, then the spool");
     shutdown.cancel();
     let grace = config.shutdown_grace.0;
     let drained = tokio::time::timeout(grace, async {
         if let Some(h) = files {
+            let _ = h.await;
+        }
+        // The forwarder finishes a call in flight; its progress goes into the last commit.
+        forward_cancel.cancel();
+        if let Some(h) = forwarder {
             let _ = h.await;
         }
         writer_stop.cancel();

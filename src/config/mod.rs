@@ -5,8 +5,10 @@
 //! The doc comment on each field is its reference documentation; `config/audit-relay.toml`
 //! repeats it for operators.
 
+pub mod cloudwatch;
 pub mod units;
 
+pub use cloudwatch::CloudWatchConfig;
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Deref;
@@ -23,6 +25,9 @@ pub struct FileConfig {
     /// The durable local store.
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// Forwarding to CloudWatch Logs; absent: events stay in the spool only.
+    #[serde(default)]
+    pub cloudwatch: Option<CloudWatchConfig>,
     /// The relay's own logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -410,6 +415,9 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
         );
     }
     range_dur(&mut bad, "shutdown_grace", c.shutdown_grace, 100, 3_600_000);
+    if let Some(cw) = &c.cloudwatch {
+        cloudwatch::validate(cw, &mut problems);
+    }
     problems
 }
 

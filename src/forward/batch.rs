@@ -168,9 +168,11 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// Whether another event of the given size could not fit whatever its time.
+    /// Whether the batch should be sent now: no event could be added, or it holds many
+    /// rejections that should be recorded.
     pub fn is_full(&self) -> bool {
         self.batch.events.len() >= self.limits.max_events
+            || self.batch.rejected.len() >= self.limits.max_events
             || self.batch.bytes + self.limits.event_overhead + 2 > self.limits.max_bytes
     }
 

@@ -9,8 +9,11 @@
 //!   are never reused, even after the newest events are purged.
 //! - Source checkpoints are written in the same transaction as the events read up to
 //!   them, so after a crash reading resumes exactly after the last stored event.
-//! - Counters (`read`, `skipped`, `duplicates`, `quarantined`, `events`) move in the same
-//!   transaction as the rows they count.
+//! - Counters (`read`, `skipped`, `duplicates`, `quarantined`, `events`, `forwarded`,
+//!   `rejected`) move in the same transaction as the rows they count.
+//! - A forwarder's cursor only moves forward, and only after CloudWatch accepted (or the
+//!   forwarder rejected, one by one) every event up to it. The single writer applies
+//!   forwarding progress in its next commit; a crash before that re-sends, never skips.
 //!
 //! # Format (SQLite, WAL mode, `PRAGMA user_version = 1`)
 //!
@@ -21,6 +24,8 @@
 //! | `quarantine` | `qid` | `at_ms`, `reason`, `source`, `offset`, `raw` (capped) |
 //! | `checkpoints` | `(dev, ino)` | `fp_len`, `fp_hash`, `path`, `offset`, `mode`, `replay_until` |
 //! | `counters` | `name` | `value` |
+//! | `cursors` | `name` | `seq`: the last sequence number a forwarder has finished with |
+//! | `rejected` | `seq` | `reason`, `detail`, `at_ms`: events CloudWatch will not take |
 //! | `meta` | `key` | `value`: `last_seq` |
 //!
 //! Indexes: `events(ts_ms, id)` unique (dedup, and time bounds), `events(org, ts_ms)`
@@ -31,8 +36,8 @@
 mod sqlite;
 mod writer;
 
-pub use sqlite::{Spool, SpoolError};
-pub use writer::{SpoolWriter, WriterOptions};
+pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
+pub use writer::{ProgressInbox, SpoolWriter, WriterOptions};
 
 use crate::event::Event;
 use crate::source::checkpoint::CheckpointUpdate;
@@ -96,6 +101,28 @@ pub struct StoredEvent {
     pub body: String,
 }
 
+/// Forwarding progress: everything up to `cursor` is done; `rejected` lists the events
+/// in that range that were refused (not sent), with the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardProgress {
+    /// The forwarder's cursor name (stable across restarts and stream renames).
+    pub cursor_name: String,
+    pub cursor: i64,
+    /// Events accepted by CloudWatch in this step.
+    pub forwarded: u64,
+    pub rejected: Vec<Rejection>,
+}
+
+/// An event that will not be (or was not) accepted by CloudWatch. It stays in the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub seq: i64,
+    /// `too_old`, `too_new`, `expired`, `invalid`.
+    pub reason: String,
+    /// CloudWatch's message, or how the relay decided.
+    pub detail: String,
+}
+
 /// Totals kept by the spool.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Stats {
@@ -105,6 +132,16 @@ pub struct Stats {
     pub duplicates: u64,
     pub read: u64,
     pub last_seq: i64,
+    /// The forwarder's cursor: every event up to it is in CloudWatch or rejected.
+    pub forwarded_seq: i64,
+    /// Events after the cursor.
+    pub unforwarded: u64,
+    /// Seconds since the timestamp of the oldest unforwarded event (0 when none).
+    pub forward_lag_seconds: u64,
+    /// Events accepted by CloudWatch (counting re-sends after a lost answer).
+    pub forwarded: u64,
+    /// Events CloudWatch will not take (too old, too new, invalid); kept in the spool.
+    pub rejected: u64,
     /// RFC 3339 of the oldest / newest event, if any.
     pub oldest: Option<String>,
     pub newest: Option<String>,

@@ -1,6 +1,6 @@
 //! The SQLite engine of the spool. See the module above for invariants and format.
 
-use super::{AppendBatch, CommitReport, QuarantineEntry, Stats, StoredEvent};
+use super::{AppendBatch, CommitReport, ForwardProgress, QuarantineEntry, Stats, StoredEvent};
 use crate::config::Durability;
 use crate::event::format_timestamp_ms;
 use crate::query::Query;
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The on-disk format version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// WAL size (in pages) at which a commit also checkpoints the WAL into the database.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// File name of the database inside `spool.dir`.
@@ -46,6 +46,8 @@ pub struct Spool {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
+    forwarded: u64,
+    rejected: u64,
     events: u64,
     read: u64,
     skipped: u64,
@@ -87,7 +89,17 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     PRIMARY KEY(dev, ino)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors(name TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected(
+    seq INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 ";
+
+/// The cursor name of the (single) CloudWatch forwarder.
+pub const FORWARD_CURSOR: &str = "cloudwatch";
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -169,6 +181,11 @@ impl Spool {
             pending: Counters::default(),
             in_txn: false,
         }
+    }
+
+    /// The sequence number of the newest event this handle wrote or found at open.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
     }
 
     pub fn path(&self) -> &Path {
@@ -302,6 +319,75 @@ impl Spool {
         Ok(report)
     }
 
+    /// Adds forwarding progress to the open transaction. The cursor never moves back.
+    pub fn write_progress(&mut self, p: &ForwardProgress) -> Result<(), SpoolError> {
+        debug_assert!(self.in_txn);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO cursors(name, seq) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![p.cursor_name, p.cursor])?;
+        let at = now_ms();
+        let mut ins = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO rejected(seq, reason, detail, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut new_rejections = 0;
+        for r in &p.rejected {
+            new_rejections += ins.execute(params![r.seq, r.reason, r.detail, at])? as u64;
+        }
+        self.pending.rejected += new_rejections;
+        self.pending.forwarded += p.forwarded;
+        Ok(())
+    }
+
+    /// The named forwarder's cursor (0 before anything was forwarded).
+    pub fn cursor(&self, name: &str) -> Result<i64, SpoolError> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Up to `limit` events after sequence number `after`, in sequence order.
+    pub fn read_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, SpoolError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts_ms, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                ts_ms: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` events with `from_ms <= ts_ms <= to_ms` and a sequence number after
+    /// `after`, in sequence order (for `replay`).
+    pub fn read_range(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, SpoolError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, ts_ms, body FROM events WHERE ts_ms >= ?1 AND ts_ms <= ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![from_ms, to_ms, after, limit as i64], |r| {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                ts_ms: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Commits the open transaction, with the counters it moved.
     pub fn commit(&mut self) -> Result<(), SpoolError> {
         debug_assert!(self.in_txn);
@@ -311,6 +397,8 @@ impl Spool {
                 "INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             )?;
             for (name, v) in [
+                ("forwarded", p.forwarded),
+                ("rejected", p.rejected),
                 ("events", p.events),
                 ("read", p.read),
                 ("skipped", p.skipped),
@@ -353,6 +441,8 @@ impl Spool {
                 "skipped" => s.skipped = v,
                 "duplicates" => s.duplicates = v,
                 "quarantined" => s.quarantined = v,
+                "forwarded" => s.forwarded = v,
+                "rejected" => s.rejected = v,
                 _ => {}
             }
         }
@@ -362,6 +452,19 @@ impl Spool {
                 r.get(0)
             })
             .optional()?
+            .unwrap_or(0);
+        s.forwarded_seq = self.cursor(FORWARD_CURSOR)?;
+        s.unforwarded = (s.last_seq - s.forwarded_seq).max(0) as u64;
+        let oldest_unforwarded: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT ts_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [s.forwarded_seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        s.forward_lag_seconds = oldest_unforwarded
+            .map(|ts| ((now_ms() - ts).max(0) / 1000) as u64)
             .unwrap_or(0);
         let edge = |order: &str| -> Result<Option<String>, SpoolError> {
             let sql = format!("SELECT ts_ms FROM events ORDER BY ts_ms {order} LIMIT 1");
@@ -383,6 +486,20 @@ impl Spool {
 
     /// One organization's events in a time range, newest first.
     pub fn query(&self, q: &Query) -> Result<Vec<StoredEvent>, SpoolError> {
+        let mut out = Vec::new();
+        self.query_each(q, |e| {
+            out.push(e);
+            Ok::<(), SpoolError>(())
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Spool::query`], handing each event to `f` as it is read (flat memory).
+    pub fn query_each<E: From<SpoolError>>(
+        &self,
+        q: &Query,
+        mut f: impl FnMut(StoredEvent) -> Result<(), E>,
+    ) -> Result<(), E> {
         let org: Option<i64> = self
             .conn
             .query_row(
@@ -390,34 +507,40 @@ impl Spool {
                 [&q.organization_id],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()
+            .map_err(SpoolError::from)?;
         let Some(org) = org else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts_ms, body FROM events
-             WHERE org = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
-               AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
-             ORDER BY ts_ms DESC, seq DESC LIMIT ?6",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                org,
-                q.from_ms,
-                q.to_ms,
-                q.actor_id,
-                q.action,
-                q.limit as i64
-            ],
-            |r| {
-                Ok(StoredEvent {
-                    seq: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    body: r.get(2)?,
-                })
-            },
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, ts_ms, body FROM events
+                 WHERE org = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
+                   AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
+                 ORDER BY ts_ms DESC, seq DESC LIMIT ?6",
+            )
+            .map_err(SpoolError::from)?;
+        let params = params![
+            org,
+            q.from_ms,
+            q.to_ms,
+            q.actor_id,
+            q.action,
+            q.limit as i64
+        ];
+        let mut rows = stmt.query(params).map_err(SpoolError::from)?;
+        let row = |r: &rusqlite::Row| -> rusqlite::Result<StoredEvent> {
+            Ok(StoredEvent {
+                seq: r.get(0)?,
+                ts_ms: r.get(1)?,
+                body: r.get(2)?,
+            })
+        };
+        while let Some(r) = rows.next().map_err(SpoolError::from)? {
+            f(row(r).map_err(SpoolError::from)?)?;
+        }
+        Ok(())
     }
 
     /// Quarantine entries, newest first.

@@ -4,13 +4,40 @@
 //! whichever first, and when the sources are gone (shutdown). The channel it reads is
 //! bounded, so a slow disk slows the sources instead of growing memory.
 
-use super::{AppendBatch, Spool, SpoolError};
+use super::{AppendBatch, ForwardProgress, Spool, SpoolError};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long an idle writer waits before looking at its stop signal again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Where forwarders leave their progress for the writer to commit: the spool has one
+/// writer, so cursor moves ride along with the next group commit instead of competing
+/// for SQLite's write lock.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressInbox(Arc<Mutex<Vec<ForwardProgress>>>, Arc<AtomicI64>);
+
+impl ProgressInbox {
+    /// The highest sequence number committed so far.
+    pub fn committed_seq(&self) -> i64 {
+        self.1.load(Ordering::Acquire)
+    }
+
+    pub fn push(&self, p: ForwardProgress) {
+        self.0.lock().expect("progress inbox").push(p);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("progress inbox").is_empty()
+    }
+
+    fn take(&self) -> Vec<ForwardProgress> {
+        std::mem::take(&mut *self.0.lock().expect("progress inbox"))
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
@@ -30,15 +57,20 @@ pub struct WriterTotals {
 pub struct SpoolWriter {
     spool: Spool,
     opts: WriterOptions,
+    progress: ProgressInbox,
 }
 
 impl SpoolWriter {
-    pub fn new(spool: Spool, opts: WriterOptions) -> Self {
-        SpoolWriter { spool, opts }
+    pub fn new(spool: Spool, opts: WriterOptions, progress: ProgressInbox) -> Self {
+        SpoolWriter {
+            spool,
+            opts,
+            progress,
+        }
     }
 
-    /// Runs until every sender is dropped, or until `stop` is signalled and nothing
-    /// more arrives, committing what it got.
+    /// Runs until `stop` is signalled and nothing more arrives (sources gone or quiet,
+    /// no forwarding progress waiting), committing what it got.
     pub fn run(
         mut self,
         rx: Receiver<AppendBatch>,
@@ -47,12 +79,33 @@ impl SpoolWriter {
         let mut totals = WriterTotals::default();
         let mut open_since: Option<Instant> = None;
         let mut waiting = 0usize;
+        let mut sources_open = true;
+        self.progress
+            .1
+            .store(self.spool.last_seq(), Ordering::Release);
         loop {
             let wait = match open_since {
                 None => IDLE_POLL,
                 Some(t) => self.opts.interval.saturating_sub(t.elapsed()),
             };
-            let msg = rx.recv_timeout(wait);
+            let msg = if sources_open {
+                rx.recv_timeout(wait)
+            } else {
+                // Sources are gone; forwarders may still report progress.
+                std::thread::sleep(wait.min(IDLE_POLL));
+                Err(RecvTimeoutError::Timeout)
+            };
+            let progress = self.progress.take();
+            if !progress.is_empty() {
+                if open_since.is_none() {
+                    self.spool.begin()?;
+                    open_since = Some(Instant::now());
+                }
+                for p in &progress {
+                    self.spool.write_progress(p)?;
+                }
+                waiting += 1;
+            }
             match msg {
                 Ok(batch) => {
                     if open_since.is_none() {
@@ -71,15 +124,15 @@ impl SpoolWriter {
                 Err(RecvTimeoutError::Timeout) => {
                     if open_since.is_some() {
                         self.commit(&mut open_since, &mut waiting, &mut totals)?;
-                    } else if stop.is_cancelled() {
+                    } else if stop.is_cancelled() && self.progress.is_empty() {
                         return Ok(totals);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
+                    sources_open = false;
                     if open_since.is_some() {
                         self.commit(&mut open_since, &mut waiting, &mut totals)?;
                     }
-                    return Ok(totals);
                 }
             }
         }
@@ -93,6 +146,9 @@ impl SpoolWriter {
     ) -> Result<(), SpoolError> {
         let started = Instant::now();
         self.spool.commit()?;
+        self.progress
+            .1
+            .store(self.spool.last_seq(), Ordering::Release);
         totals.commits += 1;
         tracing::debug!(
             events = *waiting,

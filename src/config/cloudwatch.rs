@@ -1,0 +1,299 @@
+//! `[cloudwatch]`: forwarding the spool to CloudWatch Logs.
+
+use super::{ByteSize, HumanDuration, Problem};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Retention values CloudWatch Logs accepts, in days.
+pub const RETENTION_DAYS: [i32; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// Event fields a static field may not shadow.
+const EVENT_FIELDS: [&str; 8] = [
+    "id",
+    "timestamp",
+    "action",
+    "organizationId",
+    "actorId",
+    "args",
+    "truncated",
+    "type",
+];
+
+/// `[cloudwatch]`. Without this section events stay in the spool only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchConfig {
+    /// Forward at all. Default `true` when the section is present.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// AWS region. Default: the SDK's chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Endpoint URL override, for emulators (e.g. `http://127.0.0.1:4566`).
+    pub endpoint: Option<String>,
+    /// Log group name. Required.
+    pub log_group: String,
+    /// Log stream name; `{hostname}`, `{pod}`, `{namespace}` are replaced from
+    /// `HOSTNAME` (or the kernel's host name), `POD_NAME`, `POD_NAMESPACE`.
+    /// Default `"{hostname}"`.
+    #[serde(default = "default_stream")]
+    pub log_stream: String,
+    /// Create the log group when it does not exist. Default `true`.
+    #[serde(default = "yes")]
+    pub create_log_group: bool,
+    /// Retention set on the log group, in days; one of the values CloudWatch allows.
+    /// Default: not set (the group's own setting stays).
+    pub retention_in_days: Option<i32>,
+    /// KMS key ARN for a log group the relay creates. Optional.
+    pub kms_key_id: Option<String>,
+    /// Tags for a log group the relay creates.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Fields added to every message (e.g. `cluster = "eu-1"`).
+    #[serde(default)]
+    pub static_fields: BTreeMap<String, String>,
+    /// A batch is sent when full or when its first event has waited this long.
+    /// Default `"1s"`, between 10ms and 60s.
+    #[serde(default = "default_batch_wait")]
+    pub max_batch_wait: HumanDuration,
+    /// Largest message sent whole (bytes, plus 26 of overhead); a larger event is sent
+    /// as a stub with its identifying fields and `"truncated": true`. Default `"1MiB"`
+    /// (AWS's limit today; `"256KiB"` on older setups).
+    #[serde(default = "default_max_event")]
+    pub max_event_bytes: ByteSize,
+    /// Role to assume with STS on top of the default credentials. Optional.
+    pub assume_role_arn: Option<String>,
+    /// External id for `assume_role_arn`. Optional.
+    pub external_id: Option<String>,
+    /// Time to establish a connection. Default `"5s"`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Time for one call, answer included. Default `"30s"`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Longest wait between retries of a failing call. Default `"30s"`.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+    /// Wait before retrying after a credentials or permission error. Default `"60s"`.
+    #[serde(default = "default_auth_retry")]
+    pub auth_retry_interval: HumanDuration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_stream() -> String {
+    "{hostname}".into()
+}
+fn default_batch_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_max_event() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_auth_retry() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// Where the stream template takes its values.
+pub struct StreamVars {
+    pub hostname: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl StreamVars {
+    /// From `HOSTNAME` (else the kernel's host name), `POD_NAME`, `POD_NAMESPACE`.
+    pub fn from_env() -> StreamVars {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        StreamVars {
+            hostname: var("HOSTNAME").or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            }),
+            pod: var("POD_NAME"),
+            namespace: var("POD_NAMESPACE"),
+        }
+    }
+}
+
+/// Expands `{hostname}`, `{pod}`, `{namespace}` in a stream template.
+pub fn expand_stream(template: &str, vars: &StreamVars) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?
+            + open;
+        let (value, env) = match &rest[open + 1..close] {
+            "hostname" => (&vars.hostname, "HOSTNAME"),
+            "pod" => (&vars.pod, "POD_NAME"),
+            "namespace" => (&vars.namespace, "POD_NAMESPACE"),
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{other}}}; use {{hostname}}, {{pod}} or {{namespace}}"
+                ))
+            }
+        };
+        let value = value.as_deref().ok_or_else(|| {
+            format!(
+                "{{{}}} needs the {env} environment variable",
+                &rest[open + 1..close]
+            )
+        })?;
+        out.push_str(value);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    if out.is_empty() || out.len() > 512 || out.contains([':', '*']) {
+        return Err(format!(
+            "stream name {out:?} must be 1 to 512 characters without ':' or '*'"
+        ));
+    }
+    Ok(out)
+}
+
+/// Checks `[cloudwatch]`, naming each problem's key.
+pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
+    let mut bad = |key: &str, message: String| {
+        problems.push(Problem {
+            key: format!("cloudwatch.{key}"),
+            message,
+        })
+    };
+    let g = &c.log_group;
+    if g.is_empty() {
+        bad("log_group", "must not be empty".into());
+    } else if g.len() > 512
+        || !g
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._-/#".contains(ch))
+    {
+        bad(
+            "log_group",
+            format!("{g:?} must be 1 to 512 characters of a-z, A-Z, 0-9, '.', '_', '-', '/', '#'"),
+        );
+    }
+    // Syntax only: the variables are read at run time.
+    let any = StreamVars {
+        hostname: Some("h".into()),
+        pod: Some("p".into()),
+        namespace: Some("n".into()),
+    };
+    if let Err(e) = expand_stream(&c.log_stream, &any) {
+        bad("log_stream", e);
+    }
+    if let Some(d) = c.retention_in_days {
+        if !RETENTION_DAYS.contains(&d) {
+            bad(
+                "retention_in_days",
+                format!(
+                    "must be one of {RETENTION_DAYS:?} (the values CloudWatch accepts), got {d}"
+                ),
+            );
+        }
+    }
+    if let Some(e) = &c.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bad(
+                "endpoint",
+                format!("must be an http:// or https:// URL, got {e:?}"),
+            );
+        }
+    }
+    if let Some(r) = &c.region {
+        if r.is_empty() || !r.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') {
+            bad("region", format!("not a region name: {r:?}"));
+        }
+    }
+    if c.external_id.is_some() && c.assume_role_arn.is_none() {
+        bad("external_id", "needs cloudwatch.assume_role_arn".into());
+    }
+    if let Some(a) = &c.assume_role_arn {
+        if !a.starts_with("arn:") {
+            bad("assume_role_arn", format!("not an ARN: {a:?}"));
+        }
+    }
+    for k in c.static_fields.keys() {
+        if EVENT_FIELDS.contains(&k.as_str()) || k.is_empty() {
+            bad(
+                &format!("static_fields.{k}"),
+                "must not be empty or the name of an event field".into(),
+            );
+        }
+    }
+    let ms = |d: HumanDuration| d.0.as_millis() as u64;
+    if !(10..=60_000).contains(&ms(c.max_batch_wait)) {
+        bad(
+            "max_batch_wait",
+            format!("must be between 10ms and 60s, got {}", c.max_batch_wait),
+        );
+    }
+    if !(1024..=1 << 20).contains(&c.max_event_bytes.0) {
+        bad(
+            "max_event_bytes",
+            format!(
+                "must be between 1024 and 1048576 bytes, got {}",
+                c.max_event_bytes.0
+            ),
+        );
+    }
+    for (key, d) in [
+        ("connect_timeout", c.connect_timeout),
+        ("request_timeout", c.request_timeout),
+        ("backoff_max", c.backoff_max),
+        ("auth_retry_interval", c.auth_retry_interval),
+    ] {
+        if !(100..=3_600_000).contains(&ms(d)) {
+            bad(key, format!("must be between 100ms and 1h, got {d}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> StreamVars {
+        StreamVars {
+            hostname: Some("node-1".into()),
+            pod: Some("server-abc".into()),
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn stream_templates_expand() {
+        assert_eq!(expand_stream("{hostname}", &vars()).unwrap(), "node-1");
+        assert_eq!(
+            expand_stream("audit/{pod}-x", &vars()).unwrap(),
+            "audit/server-abc-x"
+        );
+        assert!(expand_stream("{namespace}", &vars())
+            .unwrap_err()
+            .contains("POD_NAMESPACE"));
+        assert!(expand_stream("{node}", &vars())
+            .unwrap_err()
+            .contains("unknown placeholder"));
+        assert!(expand_stream("{pod", &vars())
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(expand_stream("a:b", &vars()).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! The CloudWatch Logs client: the only code that talks to AWS.
+//!
+//! Thin I/O shell over the AWS SDK: credentials from the default chain (environment,
+//! profile, web identity / IRSA, container and instance metadata), optionally an
+//! assumed role; explicit timeouts; the SDK's own retries off, because the forwarder's
+//! loop owns retrying (and must see every error to classify and count it).
+
+use super::batch::{OutEvent, RejectReason};
+use super::retry::Failure;
+use crate::config::CloudWatchConfig;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
+use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_cloudwatchlogs::Client;
+
+/// One log group + stream.
+#[derive(Clone)]
+pub struct CloudWatch {
+    client: Client,
+    group: String,
+    stream: String,
+    create_group: bool,
+    retention_days: Option<i32>,
+    kms_key_id: Option<String>,
+    tags: std::collections::HashMap<String, String>,
+}
+
+/// What CloudWatch said of an accepted call: events it refused one by one, by index
+/// into the call's events.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    pub rejected: Vec<(usize, RejectReason)>,
+}
+
+impl CloudWatch {
+    /// Builds the client for `stream` (already expanded from its template).
+    pub async fn connect(cfg: &CloudWatchConfig, stream: String) -> CloudWatch {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout.0)
+            .operation_attempt_timeout(cfg.request_timeout.0)
+            .operation_timeout(cfg.request_timeout.0)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(1));
+        if let Some(r) = &cfg.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
+        if let Some(e) = &cfg.endpoint {
+            loader = loader.endpoint_url(e.clone());
+        }
+        let mut sdk = loader.load().await;
+        if let Some(arn) = &cfg.assume_role_arn {
+            let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+                .session_name("audit-relay")
+                .configure(&sdk);
+            if let Some(id) = &cfg.external_id {
+                role = role.external_id(id.clone());
+            }
+            let provider = role.build().await;
+            sdk = sdk
+                .into_builder()
+                .credentials_provider(
+                    aws_sdk_cloudwatchlogs::config::SharedCredentialsProvider::new(provider),
+                )
+                .build();
+        }
+        CloudWatch {
+            client: Client::new(&sdk),
+            group: cfg.log_group.clone(),
+            stream,
+            create_group: cfg.create_log_group,
+            retention_days: cfg.retention_in_days,
+            kms_key_id: cfg.kms_key_id.clone(),
+            tags: cfg.tags.clone().into_iter().collect(),
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Creates the log group (if allowed) and the stream when missing; sets retention.
+    pub async fn ensure(&self) -> Result<(), Failure> {
+        if self.create_group {
+            let r = self
+                .client
+                .create_log_group()
+                .log_group_name(&self.group)
+                .set_kms_key_id(self.kms_key_id.clone())
+                .set_tags((!self.tags.is_empty()).then(|| self.tags.clone()))
+                .send()
+                .await;
+            match r {
+                Ok(_) => tracing::info!(group = %self.group, "log group created"),
+                Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
+                Err(e) => return Err(failure(e)),
+            }
+        }
+        if let Some(days) = self.retention_days {
+            self.client
+                .put_retention_policy()
+                .log_group_name(&self.group)
+                .retention_in_days(days)
+                .send()
+                .await
+                .map_err(failure)?;
+        }
+        let r = self
+            .client
+            .create_log_stream()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .send()
+            .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(group = %self.group, stream = %self.stream, "log stream created");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("ResourceAlreadyExistsException") => Ok(()),
+            Err(e) => Err(failure(e)),
+        }
+    }
+
+    /// One PutLogEvents call with events already sorted by time.
+    pub async fn put(&self, events: &[OutEvent]) -> Result<PutOutcome, Failure> {
+        let input = events
+            .iter()
+            .map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.ts_ms)
+                    .message(e.message.clone())
+                    .build()
+                    .map_err(|err| Failure::Other(err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .put_log_events()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .set_log_events(Some(input))
+            .send()
+            .await
+            .map_err(failure)?;
+        let mut outcome = PutOutcome::default();
+        if let Some(info) = out.rejected_log_events_info() {
+            outcome.rejected = rejected_indices(
+                events.len(),
+                info.too_new_log_event_start_index(),
+                info.too_old_log_event_end_index(),
+                info.expired_log_event_end_index(),
+            );
+        }
+        Ok(outcome)
+    }
+}
+
+/// Expands `rejectedLogEventsInfo` into event indices: `tooNewLogEventStartIndex` is
+/// inclusive, the two end indices are exclusive (as AWS documents them).
+pub fn rejected_indices(
+    n: usize,
+    too_new_start: Option<i32>,
+    too_old_end: Option<i32>,
+    expired_end: Option<i32>,
+) -> Vec<(usize, RejectReason)> {
+    let clamp = |v: i32| (v.max(0) as usize).min(n);
+    let mut reasons: Vec<Option<RejectReason>> = vec![None; n];
+    if let Some(end) = expired_end {
+        for r in reasons.iter_mut().take(clamp(end)) {
+            *r = Some(RejectReason::Expired);
+        }
+    }
+    if let Some(end) = too_old_end {
+        for r in reasons.iter_mut().take(clamp(end)) {
+            r.get_or_insert(RejectReason::TooOld);
+        }
+    }
+    if let Some(start) = too_new_start {
+        for r in reasons.iter_mut().skip(clamp(start)) {
+            *r = Some(RejectReason::TooNew);
+        }
+    }
+    reasons
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .collect()
+}
+
+/// Maps an SDK error to the plain description the retry policy classifies.
+fn failure<E>(err: SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let text = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::TimeoutError(_) => Failure::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => Failure::Timeout,
+        SdkError::DispatchFailure(d) if d.is_io() => Failure::Connection(text),
+        SdkError::ResponseError(_) => Failure::Connection(text),
+        SdkError::ServiceError(s) => Failure::Service {
+            code: s.err().code().map(str::to_string),
+            status: Some(s.raw().status().as_u16()),
+            message: s.err().message().unwrap_or_default().to_string(),
+        },
+        _ if text.contains("credentials") || text.contains("identity") => {
+            Failure::NoCredentials(text)
+        }
+        SdkError::DispatchFailure(_) => Failure::Connection(text),
+        _ => Failure::Other(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RejectReason::*;
+
+    #[test]
+    fn rejected_info_maps_to_indices() {
+        assert_eq!(
+            rejected_indices(6, Some(4), Some(2), None),
+            vec![(0, TooOld), (1, TooOld), (4, TooNew), (5, TooNew)]
+        );
+        assert_eq!(
+            rejected_indices(3, None, Some(1), Some(2)),
+            vec![(0, Expired), (1, Expired)]
+        );
+        assert_eq!(rejected_indices(3, Some(7), Some(-1), None), vec![]);
+    }
+}

@@ -1,0 +1,347 @@
+//! The forwarder loop: spool cursor → batches → PutLogEvents → progress.
+//!
+//! One call in flight per stream; a failed call is sent again identically (same events,
+//! same order) until it succeeds or the failure is classified as "bisect". The cursor
+//! moves (through the spool writer) only after CloudWatch accepted every event up to it
+//! or the event was rejected one by one; an event never leaves the spool because
+//! forwarding failed. On shutdown a call in flight is let finish; a call waiting to be
+//! retried is abandoned and sent again after the restart.
+
+use super::batch::{BatchBuilder, Limits, OutEvent, RejectReason};
+use super::cloudwatch::CloudWatch;
+use super::message::MessageFormat;
+use super::retry::{classify, ErrorKind, Failure, RetryAction};
+use crate::spool::{ForwardProgress, ProgressInbox, Rejection, Spool, StoredEvent};
+use backon::BackoffBuilder;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Rows read from the spool at a time.
+const READ_ROWS: usize = 4096;
+/// How often an idle forwarder looks for new events.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Settings of one forwarder.
+#[derive(Debug, Clone)]
+pub struct ForwarderOptions {
+    pub cursor_name: String,
+    pub limits: Limits,
+    pub max_batch_wait: Duration,
+    pub backoff_max: Duration,
+    pub auth_retry_interval: Duration,
+}
+
+/// What the forwarder shares with health checks and metrics.
+#[derive(Debug, Default)]
+pub struct ForwardHealth {
+    /// Unix ms since when CloudWatch has refused our credentials or permissions; 0 when
+    /// it has not.
+    pub auth_failing_since_ms: AtomicI64,
+    /// The last sequence number handed to the spool as forwarded or rejected.
+    pub cursor: AtomicI64,
+}
+
+/// Shutdown interrupted a retry wait.
+struct Cancelled;
+
+pub struct Forwarder {
+    cw: CloudWatch,
+    spool: Arc<Mutex<Spool>>,
+    inbox: ProgressInbox,
+    format: MessageFormat,
+    opts: ForwarderOptions,
+    cancel: CancellationToken,
+    health: Arc<ForwardHealth>,
+    last_auth_error_log: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A random share of `d` ("full jitter"), from the standard library's random hasher keys.
+fn full_jitter(d: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    d.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+impl Forwarder {
+    pub fn new(
+        cw: CloudWatch,
+        spool: Spool,
+        inbox: ProgressInbox,
+        format: MessageFormat,
+        opts: ForwarderOptions,
+        cancel: CancellationToken,
+        health: Arc<ForwardHealth>,
+    ) -> Self {
+        Forwarder {
+            cw,
+            spool: Arc::new(Mutex::new(spool)),
+            inbox,
+            format,
+            opts,
+            cancel,
+            health,
+            last_auth_error_log: None,
+        }
+    }
+
+    async fn read_after(&self, after: i64) -> Vec<StoredEvent> {
+        let spool = self.spool.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            spool
+                .lock()
+                .expect("spool reader")
+                .read_after(after, READ_ROWS)
+        })
+        .await;
+        match r {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the spool; retrying");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool reader panicked; retrying");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sleeps unless shutdown comes first.
+    async fn pause(&self, d: Duration) -> Result<(), Cancelled> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.cancel.cancelled() => Err(Cancelled),
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self) {
+        let cursor = {
+            let s = self.spool.lock().expect("spool reader");
+            s.cursor(&self.opts.cursor_name).unwrap_or(0)
+        };
+        tracing::info!(
+            group = %self.cw.group(),
+            stream = %self.cw.stream(),
+            cursor,
+            "forwarding to CloudWatch Logs"
+        );
+        self.health.cursor.store(cursor, Ordering::Release);
+        if self.ensure_destination().await.is_err() {
+            return;
+        }
+        let mut read_pos = cursor;
+        let mut builder = BatchBuilder::new(self.opts.limits);
+        let mut first_offer: Option<Instant> = None;
+        while !self.cancel.is_cancelled() {
+            let rows = self.read_after(read_pos).await;
+            if rows.is_empty() {
+                let due = first_offer.is_some_and(|t| t.elapsed() >= self.opts.max_batch_wait);
+                if due {
+                    first_offer = None;
+                    if self.send(builder.take()).await.is_err() {
+                        return;
+                    }
+                } else if self.pause(IDLE_POLL).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            read_pos = rows.last().map(|r| r.seq).unwrap_or(read_pos);
+            for row in rows {
+                let (message, truncated) = self.format.render(&row.body, row.ts_ms);
+                if truncated {
+                    tracing::warn!(seq = row.seq, "event larger than cloudwatch.max_event_bytes: sent as a truncated stub; the spool keeps it whole");
+                }
+                let ev = OutEvent {
+                    seq: row.seq,
+                    ts_ms: row.ts_ms,
+                    message,
+                };
+                if let Err(ev) = builder.offer(ev, now_ms()) {
+                    first_offer = None;
+                    if self.send(builder.take()).await.is_err() {
+                        return;
+                    }
+                    builder
+                        .offer(ev, now_ms())
+                        .expect("an event fits an empty batch");
+                }
+                first_offer.get_or_insert_with(Instant::now);
+                if builder.is_full() {
+                    first_offer = None;
+                    if self.send(builder.take()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if first_offer.is_some_and(|t| t.elapsed() >= self.opts.max_batch_wait) {
+                first_offer = None;
+                if self.send(builder.take()).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tracing::info!("forwarder stopped");
+    }
+
+    /// Creates the group and stream, retrying like a call.
+    async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
+        let mut backoff = self.backoff();
+        loop {
+            match self.cw.ensure().await {
+                Ok(()) => return Ok(()),
+                Err(f) => {
+                    let (kind, action) = classify(&f);
+                    let delay = self.delay_for(kind, action, &mut backoff, &f);
+                    self.pause(delay).await?;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(self.opts.backoff_max)
+            .without_max_times()
+            .build()
+    }
+
+    /// Logs a failure and picks the wait before the next try.
+    fn delay_for(
+        &mut self,
+        kind: ErrorKind,
+        action: RetryAction,
+        backoff: &mut backon::ExponentialBackoff,
+        f: &Failure,
+    ) -> Duration {
+        if action == RetryAction::LongDelay {
+            let since = now_ms();
+            let _ = self.health.auth_failing_since_ms.compare_exchange(
+                0,
+                since,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if self
+                .last_auth_error_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                tracing::error!(kind = %kind, error = ?f, retry_in = ?self.opts.auth_retry_interval, "CloudWatch refused our credentials or permissions; events stay in the spool");
+                self.last_auth_error_log = Some(Instant::now());
+            }
+            return self.opts.auth_retry_interval;
+        }
+        let d = full_jitter(backoff.next().unwrap_or(self.opts.backoff_max));
+        tracing::warn!(kind = %kind, error = ?f, retry_in = ?d, "CloudWatch call failed; retrying");
+        d
+    }
+
+    /// Sends one batch (or records its rejections) and reports progress.
+    async fn send(&mut self, batch: super::batch::Batch) -> Result<(), Cancelled> {
+        let mut rejected: Vec<Rejection> = batch
+            .rejected
+            .iter()
+            .map(|(seq, why)| Rejection {
+                seq: *seq,
+                reason: why.as_str().to_string(),
+                detail: match why {
+                    RejectReason::TooOld => {
+                        "older than CloudWatch accepts (14 days or the group's retention)".into()
+                    }
+                    RejectReason::TooNew => "more than 2 hours in the future".into(),
+                    _ => String::new(),
+                },
+            })
+            .collect();
+        let mut forwarded = 0;
+        if !batch.events.is_empty() {
+            let refused = self.deliver(&batch.events).await?;
+            forwarded = (batch.events.len() - refused.len()) as u64;
+            rejected.extend(refused);
+        }
+        if !rejected.is_empty() {
+            tracing::warn!(
+                count = rejected.len(),
+                first_seq = rejected[0].seq,
+                reason = %rejected[0].reason,
+                "events rejected: kept in the spool, not in CloudWatch (see `spool stats`)"
+            );
+        }
+        tracing::debug!(
+            events = batch.events.len(),
+            bytes = batch.bytes,
+            last_seq = batch.last_seq,
+            "batch forwarded"
+        );
+        self.health.cursor.store(batch.last_seq, Ordering::Release);
+        self.inbox.push(ForwardProgress {
+            cursor_name: self.opts.cursor_name.clone(),
+            cursor: batch.last_seq,
+            forwarded,
+            rejected,
+        });
+        Ok(())
+    }
+
+    /// Puts `events` until CloudWatch accepts them; returns the ones it refused.
+    async fn deliver(&mut self, events: &[OutEvent]) -> Result<Vec<Rejection>, Cancelled> {
+        let mut backoff = self.backoff();
+        loop {
+            match self.cw.put(events).await {
+                Ok(outcome) => {
+                    self.health
+                        .auth_failing_since_ms
+                        .store(0, Ordering::Relaxed);
+                    return Ok(outcome
+                        .rejected
+                        .into_iter()
+                        .map(|(i, why)| Rejection {
+                            seq: events[i].seq,
+                            reason: why.as_str().to_string(),
+                            detail: "refused by CloudWatch (rejectedLogEventsInfo)".into(),
+                        })
+                        .collect());
+                }
+                Err(f) => {
+                    let (kind, action) = classify(&f);
+                    match action {
+                        RetryAction::Recreate => {
+                            tracing::warn!(group = %self.cw.group(), stream = %self.cw.stream(), "log group or stream is gone; creating it again");
+                            self.ensure_destination().await?;
+                        }
+                        RetryAction::Bisect if events.len() == 1 => {
+                            let detail = match &f {
+                                Failure::Service { message, .. } => message.clone(),
+                                other => format!("{other:?}"),
+                            };
+                            return Ok(vec![Rejection {
+                                seq: events[0].seq,
+                                reason: RejectReason::Invalid.as_str().to_string(),
+                                detail,
+                            }]);
+                        }
+                        RetryAction::Bisect => {
+                            tracing::warn!(events = events.len(), error = ?f, "CloudWatch refused a call as invalid; splitting it to find the event");
+                            let (a, b) = events.split_at(events.len() / 2);
+                            let mut r = Box::pin(self.deliver(a)).await?;
+                            r.extend(Box::pin(self.deliver(b)).await?);
+                            return Ok(r);
+                        }
+                        RetryAction::Backoff | RetryAction::LongDelay => {
+                            let d = self.delay_for(kind, action, &mut backoff, &f);
+                            self.pause(d).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
