@@ -48,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Send the events of a time range to CloudWatch again (after an incident there).
+    /// The forwarding cursor is not touched; run it beside the running relay.
+    Replay {
+        /// Start of the range, RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End of the range, RFC 3339.
+        #[arg(long)]
+        to: String,
+    },
     /// Inspect quarantined input.
     Quarantine {
         #[command(subcommand)]
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => run(config),
+        Command::Replay { from, to } => replay(config, &from, &to),
         Command::Spool {
             command: SpoolCommand::Stats { json },
         } => stats(&config, json),
@@ -194,6 +205,43 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
     result
 }
 
+fn replay(config: Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
+    use audit_relay::event::parse_timestamp_ms;
+    let Some(cw) = config.cloudwatch.clone().filter(|c| c.enabled) else {
+        eprintln!("audit-relay: replay needs an enabled [cloudwatch] section in the config");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let (Some(from_ms), Some(to_ms)) = (parse_timestamp_ms(from), parse_timestamp_ms(to)) else {
+        eprintln!(
+            "audit-relay: --from and --to must be RFC 3339 timestamps (e.g. 2024-06-24T13:00:00Z)"
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    if from_ms > to_ms {
+        eprintln!("audit-relay: --from must not be after --to");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    audit_relay::telemetry::init(&config.log);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let f = audit_relay::forward::build(
+            &cw,
+            &config.spool.dir,
+            Default::default(),
+            cancel,
+            Default::default(),
+        )
+        .await?;
+        let (sent, rejected) = f.replay(from_ms, to_ms).await;
+        println!("replayed {sent} event(s) from {from} to {to}; {rejected} rejected by the rules or by CloudWatch");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -215,6 +263,19 @@ fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("duplicates   {}", s.duplicates);
         println!("read         {}", s.read);
         println!("last seq     {}", s.last_seq);
+        println!("forwarded to {} (cursor)", s.forwarded_seq);
+        println!(
+            "unforwarded  {} (oldest waiting {} s)",
+            s.unforwarded, s.forward_lag_seconds
+        );
+        println!(
+            "forwarded    {} (calls accepted, re-sends included)",
+            s.forwarded
+        );
+        println!(
+            "rejected     {} (kept in the spool, not in CloudWatch)",
+            s.rejected
+        );
         println!("oldest       {}", s.oldest.as_deref().unwrap_or("-"));
         println!("newest       {}", s.newest.as_deref().unwrap_or("-"));
         println!("bytes        {}", s.bytes);

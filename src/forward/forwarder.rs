@@ -191,6 +191,68 @@ impl Forwarder {
         tracing::info!("forwarder stopped");
     }
 
+    /// Sends every event with `from_ms <= ts_ms <= to_ms` again, in sequence order, with
+    /// the same batching and retry rules; the cursor is not touched. Returns
+    /// (events sent, events rejected). Used after an incident on the CloudWatch side.
+    pub async fn replay(mut self, from_ms: i64, to_ms: i64) -> (u64, u64) {
+        if self.ensure_destination().await.is_err() {
+            return (0, 0);
+        }
+        let mut after = 0;
+        let mut builder = BatchBuilder::new(self.opts.limits);
+        loop {
+            let spool = self.spool.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                spool
+                    .lock()
+                    .expect("spool reader")
+                    .read_range(from_ms, to_ms, after, READ_ROWS)
+            })
+            .await;
+            let rows = match rows {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the spool");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool reader panicked");
+                    break;
+                }
+            };
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for row in rows {
+                let (message, _) = self.format.render(&row.body, row.ts_ms);
+                let ev = OutEvent {
+                    seq: row.seq,
+                    ts_ms: row.ts_ms,
+                    message,
+                };
+                if let Err(ev) = builder.offer(ev, now_ms()) {
+                    if self.send(builder.take()).await.is_err() {
+                        return self.replay_totals();
+                    }
+                    builder
+                        .offer(ev, now_ms())
+                        .expect("an event fits an empty batch");
+                }
+            }
+        }
+        if !builder.is_empty() {
+            let _ = self.send(builder.take()).await;
+        }
+        self.replay_totals()
+    }
+
+    fn replay_totals(&self) -> (u64, u64) {
+        let done = self.inbox.drain();
+        (
+            done.iter().map(|p| p.forwarded).sum(),
+            done.iter().map(|p| p.rejected.len() as u64).sum(),
+        )
+    }
+
     /// Creates the group and stream, retrying like a call.
     async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
         let mut backoff = self.backoff();

@@ -34,6 +34,11 @@ impl ProgressInbox {
         self.0.lock().expect("progress inbox").is_empty()
     }
 
+    /// Takes everything reported so far (for a one-off run without a writer).
+    pub fn drain(&self) -> Vec<ForwardProgress> {
+        self.take()
+    }
+
     fn take(&self) -> Vec<ForwardProgress> {
         std::mem::take(&mut *self.0.lock().expect("progress inbox"))
     }
