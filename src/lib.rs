@@ -11,6 +11,7 @@
 //! - [`forward`]: CloudWatch batches and retry classification (the forwarder itself
 //!   comes with its own issue).
 //! - [`pipeline`]: `audit-relay run`: wires sources to the spool writer, shutdown.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own listener.
 //! - [`telemetry`]: the relay's own logs.
 //!
 //! Data flows `source → event → spool`; the spool is the write-ahead log: a source
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod event;
 pub mod forward;

@@ -6,6 +6,7 @@
 //! finishes its call in flight, then the writer commits (events and forwarding
 //! progress) and exits, all within `shutdown_grace`.
 
+use crate::admin::{self, Health};
 use crate::config::Config;
 use crate::forward::{self, forwarder::ForwardHealth};
 use crate::source::{stdin, tail::FileSource, Collector};
@@ -32,6 +33,37 @@ pub enum Ended {
 
 /// Runs the relay until `shutdown` fires or every source ends.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
+    let health = Arc::new(Health::default());
+    let admin_stop = CancellationToken::new();
+    let admin = match &config.admin {
+        Some(a) => {
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening (/healthz /readyz /metrics)");
+            let app = admin::router(health.clone(), config.spool.dir.clone());
+            let stop = admin_stop.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            }))
+        }
+        None => None,
+    };
+    let r = run_pipeline(config, shutdown, health).await;
+    admin_stop.cancel();
+    if let Some(h) = admin {
+        let _ = h.await;
+    }
+    r
+}
+
+async fn run_pipeline(
+    config: Config,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+) -> anyhow::Result<Ended> {
     let spool = Spool::open(
         &config.spool.dir,
         config.spool.durability,
@@ -55,7 +87,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut writer: JoinHandle<_> = {
         let stop = writer_stop.clone();
         let inbox = progress.clone();
-        tokio::task::spawn_blocking(move || SpoolWriter::new(spool, opts, inbox).run(rx, stop))
+        let health = health.clone();
+        health.writer_running.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let r = SpoolWriter::new(spool, opts, inbox).run(rx, stop);
+            health.writer_running.store(false, Ordering::Relaxed);
+            r
+        })
     };
 
     let src = config.source.clone();
@@ -78,8 +116,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::task::spawn_blocking(move || stdin::run(&src, out, &cancel))
     });
     drop(tx);
+    health.sources_running.store(true, Ordering::Relaxed);
 
-    let health = Arc::new(ForwardHealth::default());
+    let fwd_health = Arc::new(ForwardHealth::default());
+    *health.forward.lock().expect("health") = Some(fwd_health.clone());
     let forward_cancel = CancellationToken::new();
     let forwarder: Option<JoinHandle<()>> = match config.cloudwatch.as_ref().filter(|c| c.enabled) {
         Some(cw) => {
@@ -88,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 &config.spool.dir,
                 progress.clone(),
                 forward_cancel.clone(),
-                health.clone(),
+                fwd_health.clone(),
             )
             .await;
             match f {
@@ -136,7 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             up_to_seq = target,
             "input ended; waiting for the forwarder to send everything (SIGTERM to stop now)"
         );
-        while health.cursor.load(Ordering::Acquire) < target && !shutdown.is_cancelled() {
+        while fwd_health.cursor.load(Ordering::Acquire) < target && !shutdown.is_cancelled() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = shutdown.cancelled() => {}

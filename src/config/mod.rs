@@ -28,6 +28,9 @@ pub struct FileConfig {
     /// Forwarding to CloudWatch Logs; absent: events stay in the spool only.
     #[serde(default)]
     pub cloudwatch: Option<CloudWatchConfig>,
+    /// `[admin]`: health and metrics endpoints; absent: not served.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// The relay's own logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -135,6 +138,15 @@ pub enum Durability {
     #[default]
     Fsync,
     Os,
+}
+
+/// `[admin]`: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on, e.g. `"0.0.0.0:9090"` for Kubernetes probes, or
+    /// `"127.0.0.1:0"` for any free port (the bound address is logged). Required.
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[log]`: the relay's own logs, on standard error.

@@ -13,13 +13,15 @@ use super::message::MessageFormat;
 use super::retry::{classify, ErrorKind, Failure, RetryAction};
 use crate::spool::{ForwardProgress, ProgressInbox, Rejection, Spool, StoredEvent};
 use backon::BackoffBuilder;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Rows read from the spool at a time.
 const READ_ROWS: usize = 4096;
+/// How long shutdown waits for a call in flight.
+const SHUTDOWN_CALL_WAIT: Duration = Duration::from_secs(5);
 /// How often an idle forwarder looks for new events.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
@@ -33,7 +35,8 @@ pub struct ForwarderOptions {
     pub auth_retry_interval: Duration,
 }
 
-/// What the forwarder shares with health checks and metrics.
+/// What the forwarder shares with health checks and metrics (plain atomics: the
+/// admin module turns them into Prometheus text).
 #[derive(Debug, Default)]
 pub struct ForwardHealth {
     /// Unix ms since when CloudWatch has refused our credentials or permissions; 0 when
@@ -41,6 +44,18 @@ pub struct ForwardHealth {
     pub auth_failing_since_ms: AtomicI64,
     /// The last sequence number handed to the spool as forwarded or rejected.
     pub cursor: AtomicI64,
+    /// PutLogEvents calls made (accepted or not).
+    pub calls: AtomicU64,
+    /// Failed calls, by [`ErrorKind`] (index = `ErrorKind as usize`).
+    pub failures: [AtomicU64; ErrorKind::COUNT],
+}
+
+impl ForwardHealth {
+    /// Whether CloudWatch has refused credentials or permissions for longer than `for_ms`.
+    pub fn auth_failing_longer_than(&self, for_ms: i64) -> bool {
+        let since = self.auth_failing_since_ms.load(Ordering::Relaxed);
+        since != 0 && now_ms() - since > for_ms
+    }
 }
 
 /// Shutdown interrupted a retry wait.
@@ -357,7 +372,26 @@ impl Forwarder {
     async fn deliver(&mut self, events: &[OutEvent]) -> Result<Vec<Rejection>, Cancelled> {
         let mut backoff = self.backoff();
         loop {
-            match self.cw.put(events).await {
+            let result = {
+                let call = self.cw.put(events);
+                tokio::pin!(call);
+                tokio::select! {
+                    r = &mut call => r,
+                    _ = self.cancel.cancelled() => {
+                        // Shutdown: let the call in flight finish, within a bound, so
+                        // its progress is committed; otherwise it is sent again at restart.
+                        match tokio::time::timeout(SHUTDOWN_CALL_WAIT, &mut call).await {
+                            Ok(r) => r,
+                            Err(_) => return Err(Cancelled),
+                        }
+                    }
+                }
+            };
+            self.health.calls.fetch_add(1, Ordering::Relaxed);
+            if let Err(f) = &result {
+                self.health.failures[classify(f).0 as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            match result {
                 Ok(outcome) => {
                     self.health
                         .auth_failing_since_ms

@@ -41,6 +41,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const COUNT: usize = 9;
+    pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
+        ErrorKind::Throttling,
+        ErrorKind::ServerError,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::ResourceNotFound,
+        ErrorKind::InvalidParameter,
+        ErrorKind::Credentials,
+        ErrorKind::Permission,
+        ErrorKind::Unknown,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ErrorKind::Throttling => "throttling",
@@ -137,6 +150,13 @@ mod tests {
             code: code.map(str::to_string),
             status,
             message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn kinds_index_their_metric_slot() {
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k}");
         }
     }
 

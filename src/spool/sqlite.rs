@@ -543,6 +543,15 @@ impl Spool {
         Ok(())
     }
 
+    /// Rejected events counted by reason.
+    pub fn rejected_by_reason(&self) -> Result<Vec<(String, u64)>, SpoolError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT reason, count(*) FROM rejected GROUP BY reason ORDER BY reason",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Quarantine entries, newest first.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, SpoolError> {
         let mut stmt = self.conn.prepare(

@@ -1,0 +1,252 @@
+//! The admin server, separate from the query API, for probes and scraping:
+//!
+//! - `GET /healthz`: the process is alive (always 200 while it can answer).
+//! - `GET /readyz`: 200 when the spool is open and being written, the sources are
+//!   running, and the forwarder is not stuck (CloudWatch has not refused our
+//!   credentials or permissions for over a minute); otherwise 503 naming each reason.
+//! - `GET /metrics`: Prometheus text format. Totals come from the spool's own counters
+//!   (they survive restarts), so they match `audit-relay spool stats`.
+//!
+//! It reads the spool through its own read-only connection, so a busy pipeline does
+//! not stall a probe.
+
+use crate::forward::forwarder::ForwardHealth;
+use crate::forward::retry::ErrorKind;
+use crate::spool::Spool;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How long refused credentials may last before readiness fails.
+const AUTH_FAILURE_GRACE_MS: i64 = 60_000;
+
+/// What the pipeline reports about itself.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The spool writer is running.
+    pub writer_running: AtomicBool,
+    /// The sources are running (or finished their input).
+    pub sources_running: AtomicBool,
+    /// Set once the forwarder exists.
+    pub forward: Mutex<Option<Arc<ForwardHealth>>>,
+}
+
+impl Health {
+    /// Why the relay is not ready; empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if !self.writer_running.load(Ordering::Relaxed) {
+            r.push("spool writer not running");
+        }
+        if !self.sources_running.load(Ordering::Relaxed) {
+            r.push("sources not running");
+        }
+        if let Some(f) = self.forward.lock().expect("health").as_ref() {
+            if f.auth_failing_longer_than(AUTH_FAILURE_GRACE_MS) {
+                r.push("CloudWatch has refused credentials or permissions for over a minute");
+            }
+        }
+        r
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    health: Arc<Health>,
+    spool_dir: PathBuf,
+    reader: Arc<Mutex<Option<Spool>>>,
+}
+
+/// The admin routes.
+pub fn router(health: Arc<Health>, spool_dir: PathBuf) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AdminState {
+            health,
+            spool_dir,
+            reader: Arc::new(Mutex::new(None)),
+        })
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let reasons = s.health.not_ready_reasons();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = format!("not ready: {}\n", reasons.join("; "));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let state = s.clone();
+    let text = tokio::task::spawn_blocking(move || render(&state)).await;
+    match text {
+        Ok(Ok(t)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            t,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: cannot read the spool");
+            (StatusCode::SERVICE_UNAVAILABLE, "spool not readable\n").into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+fn one(v: impl Into<f64>) -> Vec<(String, f64)> {
+    vec![(String::new(), v.into())]
+}
+
+fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
+    let mut guard = s.reader.lock().expect("metrics reader");
+    if guard.is_none() {
+        *guard = Some(Spool::open_read_only(&s.spool_dir)?);
+    }
+    let spool = guard.as_ref().expect("opened above");
+    let st = spool.stats()?;
+    let rejected = spool.rejected_by_reason()?;
+    let mut o = String::with_capacity(4096);
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "audit_relay_records_read_total",
+            "Records read from the sources.",
+            st.read,
+        ),
+        (
+            "audit_relay_records_skipped_total",
+            "Records that were not audit events (ordinary logging).",
+            st.skipped,
+        ),
+        (
+            "audit_relay_events_stored_total",
+            "Audit events stored in the spool.",
+            st.events,
+        ),
+        (
+            "audit_relay_events_duplicate_total",
+            "Events not stored again because their id was already stored.",
+            st.duplicates,
+        ),
+        (
+            "audit_relay_records_quarantined_total",
+            "Bad records kept in quarantine.",
+            st.quarantined,
+        ),
+        (
+            "audit_relay_events_forwarded_total",
+            "Events accepted by CloudWatch (re-sends included).",
+            st.forwarded,
+        ),
+    ];
+    for (name, help, v) in counters {
+        metric(&mut o, name, "counter", help, &one(v as f64));
+    }
+    let by_reason: Vec<(String, f64)> = rejected
+        .iter()
+        .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
+        .collect();
+    metric(
+        &mut o,
+        "audit_relay_events_rejected_total",
+        "counter",
+        "Events CloudWatch will not take, kept in the spool, by reason.",
+        &by_reason,
+    );
+    metric(
+        &mut o,
+        "audit_relay_spool_events",
+        "gauge",
+        "Events in the spool.",
+        &one(st.events as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_spool_bytes",
+        "gauge",
+        "Bytes of the spool on disk.",
+        &one(st.bytes as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_spool_last_seq",
+        "gauge",
+        "Sequence number of the newest event.",
+        &one(st.last_seq as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_forward_cursor_seq",
+        "gauge",
+        "Every event up to this sequence number is in CloudWatch or rejected.",
+        &one(st.forwarded_seq as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_forward_unforwarded_events",
+        "gauge",
+        "Events waiting to be forwarded.",
+        &one(st.unforwarded as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_forward_lag_seconds",
+        "gauge",
+        "Age of the oldest event not yet forwarded (0 when none).",
+        &one(st.forward_lag_seconds as f64),
+    );
+    if let Some(f) = s.health.forward.lock().expect("health").as_ref() {
+        metric(
+            &mut o,
+            "audit_relay_forward_calls_total",
+            "counter",
+            "PutLogEvents calls made.",
+            &one(f.calls.load(Ordering::Relaxed) as f64),
+        );
+        let failures: Vec<(String, f64)> = ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    format!("{{kind=\"{k}\"}}"),
+                    f.failures[*k as usize].load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect();
+        metric(
+            &mut o,
+            "audit_relay_forward_failures_total",
+            "counter",
+            "Failed CloudWatch calls (each is retried), by error kind.",
+            &failures,
+        );
+    }
+    let ready = s.health.not_ready_reasons().is_empty();
+    metric(
+        &mut o,
+        "audit_relay_ready",
+        "gauge",
+        "1 when /readyz answers 200.",
+        &one(if ready { 1.0 } else { 0.0 }),
+    );
+    Ok(o)
+}
