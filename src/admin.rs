@@ -33,8 +33,8 @@ pub struct Health {
     pub writer_running: AtomicBool,
     /// The sources are running (or finished their input).
     pub sources_running: AtomicBool,
-    /// Set once the forwarder exists.
-    pub forward: Mutex<Option<Arc<ForwardHealth>>>,
+    /// One per forwarder (stream), once they exist.
+    pub forward: Mutex<Vec<Arc<ForwardHealth>>>,
 }
 
 impl Health {
@@ -47,10 +47,12 @@ impl Health {
         if !self.sources_running.load(Ordering::Relaxed) {
             r.push("sources not running");
         }
-        if let Some(f) = self.forward.lock().expect("health").as_ref() {
-            if f.auth_failing_longer_than(AUTH_FAILURE_GRACE_MS) {
-                r.push("CloudWatch has refused credentials or permissions for over a minute");
-            }
+        let forward = self.forward.lock().expect("health");
+        if forward
+            .iter()
+            .any(|f| f.auth_failing_longer_than(AUTH_FAILURE_GRACE_MS))
+        {
+            r.push("CloudWatch has refused credentials or permissions for over a minute");
         }
         r
     }
@@ -60,11 +62,12 @@ impl Health {
 struct AdminState {
     health: Arc<Health>,
     spool_dir: PathBuf,
+    cursors: Vec<String>,
     reader: Arc<Mutex<Option<Spool>>>,
 }
 
-/// The admin routes.
-pub fn router(health: Arc<Health>, spool_dir: PathBuf) -> Router {
+/// The admin routes. `cursors` names the forwarders' cursors (for the lag).
+pub fn router(health: Arc<Health>, spool_dir: PathBuf, cursors: Vec<String>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -72,6 +75,7 @@ pub fn router(health: Arc<Health>, spool_dir: PathBuf) -> Router {
         .with_state(AdminState {
             health,
             spool_dir,
+            cursors,
             reader: Arc::new(Mutex::new(None)),
         })
 }
@@ -124,7 +128,7 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         *guard = Some(Spool::open_read_only(&s.spool_dir)?);
     }
     let spool = guard.as_ref().expect("opened above");
-    let st = spool.stats()?;
+    let st = spool.stats_for(&s.cursors)?;
     let rejected = spool.rejected_by_reason()?;
     let mut o = String::with_capacity(4096);
     let counters: [(&str, &str, u64); 6] = [
@@ -215,21 +219,27 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         "Age of the oldest event not yet forwarded (0 when none).",
         &one(st.forward_lag_seconds as f64),
     );
-    if let Some(f) = s.health.forward.lock().expect("health").as_ref() {
+    let forward = s.health.forward.lock().expect("health").clone();
+    if !forward.is_empty() {
+        let calls: u64 = forward
+            .iter()
+            .map(|f| f.calls.load(Ordering::Relaxed))
+            .sum();
         metric(
             &mut o,
             "audit_relay_forward_calls_total",
             "counter",
             "PutLogEvents calls made.",
-            &one(f.calls.load(Ordering::Relaxed) as f64),
+            &one(calls as f64),
         );
         let failures: Vec<(String, f64)> = ErrorKind::ALL
             .iter()
             .map(|k| {
-                (
-                    format!("{{kind=\"{k}\"}}"),
-                    f.failures[*k as usize].load(Ordering::Relaxed) as f64,
-                )
+                let n: u64 = forward
+                    .iter()
+                    .map(|f| f.failures[*k as usize].load(Ordering::Relaxed))
+                    .sum();
+                (format!("{{kind=\"{k}\"}}"), n as f64)
             })
             .collect();
         metric(

@@ -230,6 +230,7 @@ fn replay(config: Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
         let cancel = CancellationToken::new();
         let f = audit_relay::forward::build(
             &cw,
+            0,
             &config.spool.dir,
             Default::default(),
             cancel,
@@ -253,7 +254,8 @@ async fn wait_for_signal() {
 }
 
 fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
-    let s = Spool::open_read_only(&config.spool.dir)?.stats()?;
+    let cursors = audit_relay::forward::cursor_names(config.cloudwatch.as_ref());
+    let s = Spool::open_read_only(&config.spool.dir)?.stats_for(&cursors)?;
     if json {
         println!("{}", serde_json::to_string(&s)?);
     } else {

@@ -41,7 +41,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .await
                 .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening (/healthz /readyz /metrics)");
-            let app = admin::router(health.clone(), config.spool.dir.clone());
+            let cursors = forward::cursor_names(config.cloudwatch.as_ref());
+            let app = admin::router(health.clone(), config.spool.dir.clone(), cursors);
             let stop = admin_stop.clone();
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -118,21 +119,25 @@ async fn run_pipeline(
     drop(tx);
     health.sources_running.store(true, Ordering::Relaxed);
 
-    let fwd_health = Arc::new(ForwardHealth::default());
-    *health.forward.lock().expect("health") = Some(fwd_health.clone());
     let forward_cancel = CancellationToken::new();
-    let forwarder: Option<JoinHandle<()>> = match config.cloudwatch.as_ref().filter(|c| c.enabled) {
+    let mut forwarders: Vec<JoinHandle<()>> = Vec::new();
+    let mut fwd_health: Vec<Arc<ForwardHealth>> = Vec::new();
+    match config.cloudwatch.as_ref().filter(|c| c.enabled) {
         Some(cw) => {
-            let f = forward::build(
+            let built = forward::build_all(
                 cw,
                 &config.spool.dir,
                 progress.clone(),
                 forward_cancel.clone(),
-                fwd_health.clone(),
             )
             .await;
-            match f {
-                Ok(f) => Some(tokio::spawn(f.run())),
+            match built {
+                Ok(all) => {
+                    for (f, h) in all {
+                        fwd_health.push(h);
+                        forwarders.push(tokio::spawn(f.run()));
+                    }
+                }
                 Err(e) => {
                     shutdown.cancel();
                     writer_stop.cancel();
@@ -144,9 +149,9 @@ async fn run_pipeline(
             tracing::info!(
                 "no [cloudwatch] section (or enabled = false): events stay in the spool only"
             );
-            None
         }
-    };
+    }
+    *health.forward.lock().expect("health") = fwd_health.clone();
 
     let sources_done = async {
         if let Some(h) = stdin_src {
@@ -168,7 +173,7 @@ async fn run_pipeline(
             };
         }
     };
-    if ended == Ended::SourcesDone && forwarder.is_some() {
+    if ended == Ended::SourcesDone && !forwarders.is_empty() {
         // Input ended (standard input): let the forwarder send what was read first.
         tokio::time::sleep(config.spool.commit_interval.0 + Duration::from_millis(50)).await;
         let target = progress.committed_seq();
@@ -176,7 +181,12 @@ async fn run_pipeline(
             up_to_seq = target,
             "input ended; waiting for the forwarder to send everything (SIGTERM to stop now)"
         );
-        while fwd_health.cursor.load(Ordering::Acquire) < target && !shutdown.is_cancelled() {
+        let behind = || {
+            fwd_health
+                .iter()
+                .any(|h| h.cursor.load(Ordering::Acquire) < target)
+        };
+        while behind() && !shutdown.is_cancelled() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = shutdown.cancelled() => {}
@@ -192,7 +202,7 @@ async fn run_pipeline(
         }
         // The forwarder finishes a call in flight; its progress goes into the last commit.
         forward_cancel.cancel();
-        if let Some(h) = forwarder {
+        for h in forwarders {
             let _ = h.await;
         }
         writer_stop.cancel();

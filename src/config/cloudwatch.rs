@@ -77,6 +77,11 @@ pub struct CloudWatchConfig {
     /// Longest wait between retries of a failing call. Default `"30s"`.
     #[serde(default = "default_backoff_max")]
     pub backoff_max: HumanDuration,
+    /// Spread organizations over this many streams (`<log_stream>-0` …), by a hash of
+    /// `organizationId`: each organization's order holds, throughput grows with one
+    /// call in flight per stream. 1 to 64; default 1 (the stream is `log_stream`).
+    #[serde(default = "one")]
+    pub streams: u32,
     /// Wait before retrying after a credentials or permission error. Default `"60s"`.
     #[serde(default = "default_auth_retry")]
     pub auth_retry_interval: HumanDuration,
@@ -84,6 +89,9 @@ pub struct CloudWatchConfig {
 
 fn yes() -> bool {
     true
+}
+fn one() -> u32 {
+    1
 }
 fn default_stream() -> String {
     "{hostname}".into()
@@ -237,6 +245,12 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
                 "must not be empty or the name of an event field".into(),
             );
         }
+    }
+    if !(1..=64).contains(&c.streams) {
+        bad(
+            "streams",
+            format!("must be between 1 and 64, got {}", c.streams),
+        );
     }
     let ms = |d: HumanDuration| d.0.as_millis() as u64;
     if !(10..=60_000).contains(&ms(c.max_batch_wait)) {

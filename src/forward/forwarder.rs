@@ -29,6 +29,10 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct ForwarderOptions {
     pub cursor_name: String,
+    /// This forwarder sends the organizations whose hash falls in shard `shard` of
+    /// `shards`; it steps over the others (their own forwarder sends them).
+    pub shard: u32,
+    pub shards: u32,
     pub limits: Limits,
     pub max_batch_wait: Duration,
     pub backoff_max: Duration,
@@ -70,6 +74,8 @@ pub struct Forwarder {
     cancel: CancellationToken,
     health: Arc<ForwardHealth>,
     last_auth_error_log: Option<Instant>,
+    /// Organization key → belongs to this shard.
+    shard_of: std::collections::HashMap<i64, bool>,
 }
 
 fn now_ms() -> i64 {
@@ -102,6 +108,7 @@ impl Forwarder {
             cancel,
             health,
             last_auth_error_log: None,
+            shard_of: std::collections::HashMap::new(),
         }
     }
 
@@ -139,7 +146,7 @@ impl Forwarder {
     pub async fn run(mut self) {
         let cursor = {
             let s = self.spool.lock().expect("spool reader");
-            s.cursor(&self.opts.cursor_name).unwrap_or(0)
+            s.initial_cursor(&self.opts.cursor_name).unwrap_or(0)
         };
         tracing::info!(
             group = %self.cw.group(),
@@ -163,13 +170,22 @@ impl Forwarder {
                     if self.send(builder.take()).await.is_err() {
                         return;
                     }
-                } else if self.pause(IDLE_POLL).await.is_err() {
-                    break;
+                } else {
+                    if builder.is_empty() && self.opts.shards > 1 {
+                        self.step_over(read_pos);
+                    }
+                    if self.pause(IDLE_POLL).await.is_err() {
+                        break;
+                    }
                 }
                 continue;
             }
             read_pos = rows.last().map(|r| r.seq).unwrap_or(read_pos);
+            let last_row_seq = read_pos;
             for row in rows {
+                if !self.is_mine(row.org).await {
+                    continue;
+                }
                 let (message, truncated) = self.format.render(&row.body, row.ts_ms);
                 if truncated {
                     tracing::warn!(seq = row.seq, "event larger than cloudwatch.max_event_bytes: sent as a truncated stub; the spool keeps it whole");
@@ -201,6 +217,10 @@ impl Forwarder {
                 if self.send(builder.take()).await.is_err() {
                     return;
                 }
+            }
+            if builder.is_empty() && self.opts.shards > 1 {
+                // Nothing of ours is waiting: step the cursor over the others' events.
+                self.step_over(last_row_seq);
             }
         }
         tracing::info!("forwarder stopped");
@@ -266,6 +286,41 @@ impl Forwarder {
             done.iter().map(|p| p.forwarded).sum(),
             done.iter().map(|p| p.rejected.len() as u64).sum(),
         )
+    }
+
+    /// Whether events of this organization key belong to this forwarder's shard.
+    async fn is_mine(&mut self, org: i64) -> bool {
+        if self.opts.shards <= 1 {
+            return true;
+        }
+        if let Some(m) = self.shard_of.get(&org) {
+            return *m;
+        }
+        let spool = self.spool.clone();
+        let id = tokio::task::spawn_blocking(move || {
+            spool.lock().expect("spool reader").organization_id(org)
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten()
+        .unwrap_or_default();
+        let mine = super::shard_of(&id, self.opts.shards) == self.opts.shard;
+        self.shard_of.insert(org, mine);
+        mine
+    }
+
+    /// Moves the cursor past events that belong to other shards.
+    fn step_over(&mut self, seq: i64) {
+        if seq > self.health.cursor.load(Ordering::Acquire) {
+            self.health.cursor.store(seq, Ordering::Release);
+            self.inbox.push(ForwardProgress {
+                cursor_name: self.opts.cursor_name.clone(),
+                cursor: seq,
+                forwarded: 0,
+                rejected: Vec::new(),
+            });
+        }
     }
 
     /// Creates the group and stream, retrying like a call.

@@ -98,6 +98,8 @@ pub struct QuarantineEntry {
 pub struct StoredEvent {
     pub seq: i64,
     pub ts_ms: i64,
+    /// The organization's compact key (see [`Spool::organization_id`]).
+    pub org: i64,
     pub body: String,
 }
 

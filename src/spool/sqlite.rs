@@ -354,13 +354,14 @@ impl Spool {
     /// Up to `limit` events after sequence number `after`, in sequence order.
     pub fn read_after(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, SpoolError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts_ms, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, ts_ms, body, org FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
             Ok(StoredEvent {
                 seq: r.get(0)?,
                 ts_ms: r.get(1)?,
                 body: r.get(2)?,
+                org: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -376,13 +377,14 @@ impl Spool {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, SpoolError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, ts_ms, body FROM events WHERE ts_ms >= ?1 AND ts_ms <= ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            "SELECT seq, ts_ms, body, org FROM events WHERE ts_ms >= ?1 AND ts_ms <= ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![from_ms, to_ms, after, limit as i64], |r| {
             Ok(StoredEvent {
                 seq: r.get(0)?,
                 ts_ms: r.get(1)?,
                 body: r.get(2)?,
+                org: r.get(3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -427,8 +429,15 @@ impl Spool {
         Ok(r)
     }
 
-    /// Totals, oldest and newest event, bytes on disk.
+    /// Totals, oldest and newest event, bytes on disk; forwarding as seen by the single
+    /// default cursor.
     pub fn stats(&self) -> Result<Stats, SpoolError> {
+        self.stats_for(&[FORWARD_CURSOR.to_string()])
+    }
+
+    /// Like [`Spool::stats`], with forwarding progress as the lowest of `cursors` (with
+    /// several streams, `unforwarded` and the lag are upper bounds).
+    pub fn stats_for(&self, cursors: &[String]) -> Result<Stats, SpoolError> {
         let mut s = Stats::default();
         let mut stmt = self.conn.prepare("SELECT name, value FROM counters")?;
         let mut rows = stmt.query([])?;
@@ -453,7 +462,7 @@ impl Spool {
             })
             .optional()?
             .unwrap_or(0);
-        s.forwarded_seq = self.cursor(FORWARD_CURSOR)?;
+        s.forwarded_seq = self.min_cursor(cursors)?;
         s.unforwarded = (s.last_seq - s.forwarded_seq).max(0) as u64;
         let oldest_unforwarded: Option<i64> = self
             .conn
@@ -515,7 +524,7 @@ impl Spool {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, ts_ms, body FROM events
+                "SELECT seq, ts_ms, body, org FROM events
                  WHERE org = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
                    AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
                  ORDER BY ts_ms DESC, seq DESC LIMIT ?6",
@@ -535,12 +544,57 @@ impl Spool {
                 seq: r.get(0)?,
                 ts_ms: r.get(1)?,
                 body: r.get(2)?,
+                org: r.get(3)?,
             })
         };
         while let Some(r) = rows.next().map_err(SpoolError::from)? {
             f(row(r).map_err(SpoolError::from)?)?;
         }
         Ok(())
+    }
+
+    /// The organization id behind a compact key.
+    pub fn organization_id(&self, org: i64) -> Result<Option<String>, SpoolError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT organization_id FROM orgs WHERE org = ?1",
+                [org],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Where a forwarder with a new cursor name starts: the lowest cursor any earlier
+    /// CloudWatch forwarder left (after a change of `cloudwatch.streams`), so nothing is
+    /// skipped; 0 when there is none.
+    pub fn initial_cursor(&self, name: &str) -> Result<i64, SpoolError> {
+        let own: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(c) = own {
+            return Ok(c);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT min(seq) FROM cursors WHERE name = ?1 OR name LIKE ?1 || '/%'",
+                [FORWARD_CURSOR],
+                |r| r.get::<_, Option<i64>>(0),
+            )?
+            .unwrap_or(0))
+    }
+
+    /// The lowest of the named cursors (0 when one is missing).
+    pub fn min_cursor(&self, names: &[String]) -> Result<i64, SpoolError> {
+        let mut min = i64::MAX;
+        for n in names {
+            min = min.min(self.cursor(n)?);
+        }
+        Ok(if names.is_empty() { 0 } else { min })
     }
 
     /// Rejected events counted by reason.
