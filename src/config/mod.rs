@@ -316,7 +316,14 @@ impl Config {
 
     /// The one-line summary `check-config` prints.
     pub fn summary(&self) -> String {
-        format!(
+        let forwarding = match self.cloudwatch.as_ref().filter(|c| c.enabled) {
+            Some(c) => format!(
+                "forwarding to CloudWatch group {} stream {} ({} stream(s))",
+                c.log_group, c.log_stream, c.streams
+            ),
+            None => "no forwarding".to_string(),
+        };
+        let s = format!(
             "config ok: source {} path(s) ({:?} framing, {:?} envelope), spool {} ({:?} durability, retention {} days)",
             self.source.paths.len(),
             self.source.format,
@@ -324,7 +331,8 @@ impl Config {
             self.spool.dir.display(),
             self.spool.durability,
             self.spool.retention_days,
-        )
+        );
+        format!("{s}, {forwarding}")
     }
 }
 

@@ -37,7 +37,7 @@ pub struct PutOutcome {
 
 impl CloudWatch {
     /// Builds the client for `stream` (already expanded from its template).
-    pub async fn connect(cfg: &CloudWatchConfig, stream: String) -> CloudWatch {
+    pub async fn connect(cfg: &CloudWatchConfig, stream: String) -> Result<CloudWatch, String> {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(cfg.connect_timeout.0)
             .operation_attempt_timeout(cfg.request_timeout.0)
@@ -53,6 +53,12 @@ impl CloudWatch {
             loader = loader.endpoint_url(e.clone());
         }
         let mut sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(
+                "cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)"
+                    .to_string(),
+            );
+        }
         if let Some(arn) = &cfg.assume_role_arn {
             let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                 .session_name("audit-relay")
@@ -68,7 +74,7 @@ impl CloudWatch {
                 )
                 .build();
         }
-        CloudWatch {
+        Ok(CloudWatch {
             client: Client::new(&sdk),
             group: cfg.log_group.clone(),
             stream,
@@ -76,7 +82,7 @@ impl CloudWatch {
             retention_days: cfg.retention_in_days,
             kms_key_id: cfg.kms_key_id.clone(),
             tags: cfg.tags.clone().into_iter().collect(),
-        }
+        })
     }
 
     pub fn group(&self) -> &str {

@@ -156,6 +156,7 @@ impl Forwarder {
         );
         self.health.cursor.store(cursor, Ordering::Release);
         if self.ensure_destination().await.is_err() {
+            tracing::info!("forwarder stopped before it started");
             return;
         }
         let mut read_pos = cursor;
@@ -168,6 +169,7 @@ impl Forwarder {
                 if due {
                     first_offer = None;
                     if self.send(builder.take()).await.is_err() {
+                        tracing::info!("forwarder stopped; the batch waiting for a retry is sent again at the next start");
                         return;
                     }
                 } else {
@@ -198,6 +200,7 @@ impl Forwarder {
                 if let Err(ev) = builder.offer(ev, now_ms()) {
                     first_offer = None;
                     if self.send(builder.take()).await.is_err() {
+                        tracing::info!("forwarder stopped; the batch waiting for a retry is sent again at the next start");
                         return;
                     }
                     builder
@@ -208,6 +211,7 @@ impl Forwarder {
                 if builder.is_full() {
                     first_offer = None;
                     if self.send(builder.take()).await.is_err() {
+                        tracing::info!("forwarder stopped; the batch waiting for a retry is sent again at the next start");
                         return;
                     }
                 }
@@ -327,7 +331,20 @@ impl Forwarder {
     async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
         let mut backoff = self.backoff();
         loop {
-            match self.cw.ensure().await {
+            let attempt = {
+                let call = self.cw.ensure();
+                tokio::pin!(call);
+                tokio::select! {
+                    r = &mut call => r,
+                    _ = self.cancel.cancelled() => {
+                        match tokio::time::timeout(SHUTDOWN_CALL_WAIT, &mut call).await {
+                            Ok(r) => r,
+                            Err(_) => return Err(Cancelled),
+                        }
+                    }
+                }
+            };
+            match attempt {
                 Ok(()) => return Ok(()),
                 Err(f) => {
                     let (kind, action) = classify(&f);

@@ -93,7 +93,9 @@ pub async fn build(
         base
     };
     let spool = Spool::open_read_only(spool_dir).context("opening the spool for the forwarder")?;
-    let cw = cloudwatch::CloudWatch::connect(cfg, stream).await;
+    let cw = cloudwatch::CloudWatch::connect(cfg, stream)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let format = message::MessageFormat::new(&cfg.static_fields, cfg.max_event_bytes.0 as usize);
     let opts = ForwarderOptions {
         cursor_name: cursor_names(Some(cfg))[shard as usize].clone(),

@@ -124,11 +124,18 @@ impl Spool {
         // copied into the database once per checkpoint (docs/benchmarks.md).
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version != 0 && version != SCHEMA_VERSION {
+        if version != 0 && version != SCHEMA_VERSION && version != 1 {
             return Err(SpoolError::Version {
                 path,
                 found: version,
             });
+        }
+        if version == 1 {
+            // Version 2 added the re-read bound of checkpoints and the forwarding tables.
+            conn.execute_batch(
+                "ALTER TABLE checkpoints ADD COLUMN replay_until INTEGER NOT NULL DEFAULT 0",
+            )?;
+            tracing::info!(path = %path.display(), "spool upgraded from format 1 to 2");
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
