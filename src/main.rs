@@ -228,16 +228,19 @@ fn replay(config: Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let cancel = CancellationToken::new();
-        let f = audit_relay::forward::build(
+        let forwarders = audit_relay::forward::build_all(
             &cw,
-            0,
             &config.spool.dir,
             Default::default(),
             cancel,
-            Default::default(),
         )
         .await?;
-        let (sent, rejected) = f.replay(from_ms, to_ms).await;
+        let (mut sent, mut rejected) = (0, 0);
+        for (f, _) in forwarders {
+            let (s, r) = f.replay(from_ms, to_ms).await;
+            sent += s;
+            rejected += r;
+        }
         println!("replayed {sent} event(s) from {from} to {to}; {rejected} rejected by the rules or by CloudWatch");
         Ok(ExitCode::SUCCESS)
     })

@@ -106,7 +106,12 @@ async fn run_pipeline(
             Collector::new(src.envelope, tx.clone()),
             shutdown.clone(),
         );
-        tokio::task::spawn_blocking(move || FileSource::new(&src, saved, out, cancel).run())
+        let health = health.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = FileSource::new(&src, saved, out, cancel).run();
+            health.sources_running.store(false, Ordering::Relaxed);
+            r
+        })
     });
     let stdin_src: Option<JoinHandle<_>> = has_stdin.then(|| {
         let (src, out, cancel) = (

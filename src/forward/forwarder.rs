@@ -262,6 +262,9 @@ impl Forwarder {
             let Some(last) = rows.last() else { break };
             after = last.seq;
             for row in rows {
+                if !self.is_mine(row.org).await {
+                    continue;
+                }
                 let (message, _) = self.format.render(&row.body, row.ts_ms);
                 let ev = OutEvent {
                     seq: row.seq,
@@ -345,9 +348,15 @@ impl Forwarder {
                 }
             };
             match attempt {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health
+                        .auth_failing_since_ms
+                        .store(0, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(f) => {
                     let (kind, action) = classify(&f);
+                    self.health.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
                     let delay = self.delay_for(kind, action, &mut backoff, &f);
                     self.pause(delay).await?;
                 }

@@ -595,11 +595,12 @@ impl Spool {
             .unwrap_or(0))
     }
 
-    /// The lowest of the named cursors (0 when one is missing).
+    /// The lowest of the named cursors (a cursor not written yet counts where its
+    /// forwarder will start, see [`Spool::initial_cursor`]).
     pub fn min_cursor(&self, names: &[String]) -> Result<i64, SpoolError> {
         let mut min = i64::MAX;
         for n in names {
-            min = min.min(self.cursor(n)?);
+            min = min.min(self.initial_cursor(n)?);
         }
         Ok(if names.is_empty() { 0 } else { min })
     }
