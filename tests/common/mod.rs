@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod moto;
+pub mod proxy;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
