@@ -170,6 +170,10 @@ impl Spool {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == 0 {
+            // The file exists but the relay has not finished creating it.
+            return Err(SpoolError::Missing(path));
+        }
         if version != SCHEMA_VERSION {
             return Err(SpoolError::Version {
                 path,

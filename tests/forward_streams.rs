@@ -1,0 +1,168 @@
+//! Several streams (`cloudwatch.streams`) and `audit-relay replay`, against moto.
+
+mod common;
+
+use common::gen::{self, Gen};
+use common::moto::{configure, now_ms, spool_order, start_relay, Moto, HOSTNAME};
+use common::{append_to, write_lines, Harness, BIN};
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::Duration;
+
+const GROUP: &str = "/gitpod/audit";
+
+/// `forwarded_seq` of `spool stats --json`, or -1 while the spool does not exist yet.
+fn forwarded_seq(h: &Harness) -> i64 {
+    let out = h.cli(&["spool", "stats", "--json"]);
+    if !out.status.success() {
+        return -1;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["forwarded_seq"].as_i64().unwrap()
+}
+
+/// Writes `n` events a minute old (one per millisecond); returns their ids in order.
+fn write_events(h: &Harness, g: &mut Gen, n: usize) -> Vec<String> {
+    let t0 = now_ms() - 60_000;
+    let (ids, lines): (Vec<String>, Vec<String>) = (0..n)
+        .map(|i| {
+            let s = gen::server_line(g, t0 + i as i64);
+            (s.id, s.line)
+        })
+        .unzip();
+    write_lines(&mut append_to(&h.log("server.log")), &lines);
+    ids
+}
+
+#[test]
+fn organizations_spread_over_streams_and_each_keeps_its_order() {
+    let moto = Moto::start();
+    let h = Harness::new();
+    configure(&h, &moto.endpoint(), GROUP, &["streams = 3"]);
+    let mut relay = start_relay(&h);
+    let written = write_events(&h, &mut Gen::new(21), 3000);
+    h.wait_until(
+        Some(&mut relay),
+        "every stream's cursor at the last event",
+        Duration::from_secs(60),
+        || forwarded_seq(&h) == 3000,
+    );
+    relay.terminate();
+
+    let spool: Vec<String> = spool_order(&h).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(spool.len(), 3000);
+    let mut seen = HashSet::new();
+    let mut org_stream: HashMap<String, usize> = HashMap::new();
+    for k in 0..3 {
+        let events = moto.events(GROUP, &format!("{HOSTNAME}-{k}"));
+        assert!(!events.is_empty(), "stream {k} is empty");
+        let ids: Vec<String> = events.iter().map(|e| e.id()).collect();
+        // Within a stream, events keep the spool's order.
+        let pos: HashMap<&String, usize> =
+            spool.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        assert!(
+            ids.windows(2).all(|w| pos[&w[0]] < pos[&w[1]]),
+            "stream {k} out of order"
+        );
+        for e in &events {
+            let org = e.json()["organizationId"].as_str().unwrap().to_string();
+            let prev = org_stream.insert(org.clone(), k);
+            assert!(
+                prev.is_none_or(|p| p == k),
+                "organization {org} in two streams"
+            );
+            assert!(seen.insert(e.id()), "id {} sent twice", e.id());
+        }
+    }
+    let written: HashSet<String> = written.into_iter().collect();
+    assert_eq!(seen, written, "every event in exactly one stream");
+    assert!(
+        org_stream.len() > 100,
+        "only {} organizations",
+        org_stream.len()
+    );
+}
+
+#[test]
+fn replay_sends_a_time_range_again_without_moving_the_cursor() {
+    let moto = Moto::start();
+    let h = Harness::new();
+    configure(&h, &moto.endpoint(), GROUP, &[]);
+    let mut relay = start_relay(&h);
+    let t0 = now_ms() - 60_000;
+    let mut g = Gen::new(22);
+    let (ids, lines): (Vec<String>, Vec<String>) = (0..500)
+        .map(|i| {
+            let s = gen::server_line(&mut g, t0 + i * 1000);
+            (s.id, s.line)
+        })
+        .unzip();
+    write_lines(&mut append_to(&h.log("server.log")), &lines);
+    h.wait_until(
+        Some(&mut relay),
+        "cursor at 500",
+        Duration::from_secs(60),
+        || forwarded_seq(&h) == 500,
+    );
+    relay.terminate();
+    assert_eq!(moto.events(GROUP, HOSTNAME).len(), 500);
+
+    // Events 100..=199 (one second apart).
+    let from = gen::rfc3339(t0 + 100 * 1000);
+    let to = gen::rfc3339(t0 + 199 * 1000);
+    let out = Command::new(BIN)
+        .args([
+            "-c",
+            h.config.to_str().unwrap(),
+            "replay",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("HOSTNAME", HOSTNAME)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "replay failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("replayed 100 event(s)"), "{stdout}");
+
+    let events = moto.events(GROUP, HOSTNAME);
+    assert_eq!(events.len(), 600);
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *count.entry(e.id()).or_default() += 1;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = if (100..200).contains(&i) { 2 } else { 1 };
+        assert_eq!(count[id], want, "event {i}");
+    }
+    assert_eq!(
+        h.stats()["forwarded_seq"],
+        500,
+        "replay must not move the cursor"
+    );
+
+    // A bad range is a usage error naming the flags.
+    let out = Command::new(BIN)
+        .args([
+            "-c",
+            h.config.to_str().unwrap(),
+            "replay",
+            "--from",
+            "yesterday",
+            "--to",
+            &to,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from"));
+}
