@@ -7,10 +7,12 @@
 //! - [`source`]: where records come from: framing (pure), file identity and
 //!   checkpoints, the file tailer, standard input.
 //! - [`spool`]: the durable store (SQLite): append with checkpoints, query, stats.
-//! - [`query`]: query planning (pure), shared by the CLI and (later) the API.
+//! - [`query`]: query planning (pure), shared by the CLI and the API.
 //! - [`forward`]: CloudWatch batches and retry classification (the forwarder itself
 //!   comes with its own issue).
 //! - [`pipeline`]: `audit-relay run`: wires sources to the spool writer, shutdown.
+//! - [`api`]: the query API (Connect ListAuditLogs, REST, export) for organization
+//!   owners: auth, page tokens, the audit of each read.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own listener.
 //! - [`telemetry`]: the relay's own logs.
 //!
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod event;
 pub mod forward;

@@ -4,16 +4,18 @@
 //! writer; bounded channel between them. One async task forwards to CloudWatch.
 //! Shutdown order: sources stop reading and hand over their last batch, the forwarder
 //! finishes its call in flight, then the writer commits (events and forwarding
-//! progress) and exits, all within `shutdown_grace`.
+//! progress) and exits, all within `shutdown_grace`. The query API starts before the
+//! pipeline and stops after it.
 
 use crate::admin::{self, Health};
+use crate::api;
 use crate::config::Config;
 use crate::forward::{self, forwarder::ForwardHealth};
 use crate::source::{stdin, tail::FileSource, Collector};
-use crate::spool::{ProgressInbox, Spool, SpoolWriter, WriterOptions};
+use crate::spool::{AppendBatch, ProgressInbox, Spool, SpoolWriter, WriterOptions};
 use anyhow::{anyhow, Context};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -21,6 +23,24 @@ use tokio_util::sync::CancellationToken;
 
 /// Batches in flight between the sources and the writer.
 const CHANNEL_BATCHES: usize = 4;
+/// How long the query API's open connections may take to finish after the pipeline stopped.
+const API_DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs `f` on a named OS thread (names show in `top -H` and profiles); the receiver
+/// answers with its result, or an error if it panicked.
+fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .expect("spawning a thread");
+    rx
+}
 
 /// How the run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +54,13 @@ pub enum Ended {
 /// Runs the relay until `shutdown` fires or every source ends.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     let health = Arc::new(Health::default());
+    let (tx, rx) = sync_channel(CHANNEL_BATCHES);
+    // The query API starts first and stops last; its reads are audited through the writer.
+    let api_stop = CancellationToken::new();
+    let api_server = match &config.api {
+        Some(a) => Some(api::start(a, &config.spool, tx.clone(), api_stop.clone()).await?),
+        None => None,
+    };
     let admin_stop = CancellationToken::new();
     let admin = match &config.admin {
         Some(a) => {
@@ -52,10 +79,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let r = run_pipeline(config, shutdown, health).await;
+    let r = run_pipeline(config, shutdown, health, (tx, rx)).await;
     admin_stop.cancel();
     if let Some(h) = admin {
         let _ = h.await;
+    }
+    api_stop.cancel();
+    if let Some(mut h) = api_server {
+        // Connections drain gracefully; a long export is cut after a short wait.
+        if tokio::time::timeout(API_DRAIN, &mut h).await.is_err() {
+            h.abort();
+        }
     }
     r
 }
@@ -64,6 +98,7 @@ async fn run_pipeline(
     config: Config,
     shutdown: CancellationToken,
     health: Arc<Health>,
+    (tx, rx): (SyncSender<AppendBatch>, Receiver<AppendBatch>),
 ) -> anyhow::Result<Ended> {
     let spool = Spool::open(
         &config.spool.dir,
@@ -78,19 +113,18 @@ async fn run_pipeline(
         durability = ?config.spool.durability,
         "spool open"
     );
-    let (tx, rx) = sync_channel(CHANNEL_BATCHES);
     let writer_stop = CancellationToken::new();
     let progress = ProgressInbox::default();
     let opts = WriterOptions {
         max_events: config.spool.commit_max_events,
         interval: config.spool.commit_interval.0,
     };
-    let mut writer: JoinHandle<_> = {
+    let mut writer = {
         let stop = writer_stop.clone();
         let inbox = progress.clone();
         let health = health.clone();
         health.writer_running.store(true, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
+        spawn_thread("spool-writer", move || {
             let r = SpoolWriter::new(spool, opts, inbox).run(rx, stop);
             health.writer_running.store(false, Ordering::Relaxed);
             r
@@ -100,26 +134,26 @@ async fn run_pipeline(
     let src = config.source.clone();
     let has_files = src.paths.iter().any(|p| p != "-");
     let has_stdin = src.paths.iter().any(|p| p == "-");
-    let files: Option<JoinHandle<_>> = has_files.then(|| {
+    let files = has_files.then(|| {
         let (src, out, cancel) = (
             src.clone(),
             Collector::new(src.envelope, tx.clone()),
             shutdown.clone(),
         );
         let health = health.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_thread("file-source", move || {
             let r = FileSource::new(&src, saved, out, cancel).run();
             health.sources_running.store(false, Ordering::Relaxed);
             r
         })
     });
-    let stdin_src: Option<JoinHandle<_>> = has_stdin.then(|| {
+    let stdin_src = has_stdin.then(|| {
         let (src, out, cancel) = (
             src.clone(),
             Collector::new(src.envelope, tx.clone()),
             shutdown.clone(),
         );
-        tokio::task::spawn_blocking(move || stdin::run(&src, out, &cancel))
+        spawn_thread("stdin-source", move || stdin::run(&src, out, &cancel))
     });
     drop(tx);
     health.sources_running.store(true, Ordering::Relaxed);

@@ -5,9 +5,11 @@
 //! The doc comment on each field is its reference documentation; `config/audit-relay.toml`
 //! repeats it for operators.
 
+pub mod api;
 pub mod cloudwatch;
 pub mod units;
 
+pub use api::ApiConfig;
 pub use cloudwatch::CloudWatchConfig;
 use serde::Deserialize;
 use std::fmt;
@@ -31,6 +33,9 @@ pub struct FileConfig {
     /// `[admin]`: health and metrics endpoints; absent: not served.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[api]`: the query API; absent: not served.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     /// The relay's own logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -437,6 +442,9 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
     range_dur(&mut bad, "shutdown_grace", c.shutdown_grace, 100, 3_600_000);
     if let Some(cw) = &c.cloudwatch {
         cloudwatch::validate(cw, &mut problems);
+    }
+    if let Some(api) = &c.api {
+        api::validate(api, &mut problems);
     }
     problems
 }

@@ -1,0 +1,312 @@
+//! The query API, on `api.listen`, separate from the admin endpoints:
+//!
+//! - `POST /gitpod.v1.AuditLogService/ListAuditLogs` — Connect unary, JSON or protobuf
+//!   ([`connect`]);
+//! - `GET /v1/organizations/{organizationId}/audit-logs?from&to&actorId&action&pageSize&pageToken`
+//!   — the same page as JSON ([`rest`]);
+//! - `GET /v1/organizations/{organizationId}/audit-logs/export?from&to&actorId&action` —
+//!   NDJSON, streamed from the spool with flat memory.
+//!
+//! Every call shows a bearer token ([`auth`]); only an organization's owners, and
+//! operator tokens that list it, may read it. Pages are keyset cursors signed with a
+//! key kept in the spool ([`token`]). Every successful read appends its own audit event
+//! ([`audit`]) through the spool writer's channel before it is answered. Errors are
+//! Connect errors ([`error`]).
+
+pub mod audit;
+pub mod auth;
+pub mod connect;
+pub mod error;
+pub mod request;
+pub mod rest;
+pub mod token;
+
+/// The messages of `proto/gitpod/v1/`, compiled by `build.rs`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/gitpod.v1.rs"));
+}
+
+use crate::config::api::ApiConfig;
+use crate::config::SpoolConfig;
+use crate::event::ApiAuditLog;
+use crate::spool::{AppendBatch, Spool, SpoolError};
+use anyhow::Context;
+use auth::{Authenticator, Caller};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::{ApiError, Code};
+use request::{FieldNames, ListRequest, PagePlan};
+use std::future::Future;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Key in the spool's `meta` table of the page-token HMAC key.
+pub const PAGE_TOKEN_KEY: &str = "api_page_token_key";
+/// Spool reads running at once (an export holds one for its whole stream).
+const CONCURRENT_READS: usize = 16;
+/// Idle read-only spool connections kept for reuse.
+const IDLE_READERS: usize = 8;
+
+/// One page of a ListAuditLogs answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub logs: Vec<ApiAuditLog>,
+    /// Each log's timestamp in milliseconds (for the protobuf codec).
+    pub ts_ms: Vec<i64>,
+    /// Empty on the last page.
+    pub next_token: String,
+}
+
+/// Read-only spool connections, reused.
+struct Readers {
+    dir: PathBuf,
+    idle: Mutex<Vec<Spool>>,
+}
+
+impl Readers {
+    fn with<T, E: From<SpoolError>>(&self, f: impl FnOnce(&Spool) -> Result<T, E>) -> Result<T, E> {
+        let reuse = self.idle.lock().expect("readers").pop();
+        let spool = match reuse {
+            Some(s) => s,
+            None => Spool::open_read_only(&self.dir)?,
+        };
+        let r = f(&spool);
+        if r.is_ok() {
+            let mut idle = self.idle.lock().expect("readers");
+            if idle.len() < IDLE_READERS {
+                idle.push(spool);
+            }
+        }
+        r
+    }
+}
+
+pub struct Inner {
+    auth: Authenticator,
+    readers: Readers,
+    key: Vec<u8>,
+    audit: SyncSender<AppendBatch>,
+    reads: Arc<Semaphore>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+impl Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl ApiState {
+    /// `key` signs page tokens; `audit` is the spool writer's channel.
+    pub fn new(
+        config: &ApiConfig,
+        spool_dir: PathBuf,
+        key: Vec<u8>,
+        audit: SyncSender<AppendBatch>,
+    ) -> Result<ApiState, String> {
+        Ok(ApiState(Arc::new(Inner {
+            auth: Authenticator::from_config(config)?,
+            readers: Readers {
+                dir: spool_dir,
+                idle: Mutex::new(Vec::new()),
+            },
+            key,
+            audit,
+            reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
+            max_body_bytes: config.max_body_bytes.0 as usize,
+            request_timeout: config.request_timeout.0,
+        })))
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let h = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.auth.authenticate(h, (now_ms() / 1000).max(0) as u64)
+    }
+
+    /// Runs a handler's work within `api.request_timeout`.
+    pub async fn within_timeout(
+        &self,
+        work: impl Future<Output = Result<Response, ApiError>>,
+    ) -> Response {
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => e.into_response(),
+            Err(_) => {
+                ApiError::new(Code::DeadlineExceeded, "the request took too long").into_response()
+            }
+        }
+    }
+
+    /// Validates and authorizes a request: 400, then 403.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        req: &ListRequest,
+        names: FieldNames,
+    ) -> Result<PagePlan, ApiError> {
+        let plan = request::plan(req, now_ms(), &self.key, names)?;
+        if !caller.may_read(&plan.query.organization_id) {
+            return Err(ApiError::permission_denied());
+        }
+        Ok(plan)
+    }
+
+    /// One page for `caller`; the read is audited before it is answered.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        req: &ListRequest,
+        names: FieldNames,
+    ) -> Result<Page, ApiError> {
+        let plan = self.authorize(caller, req, names)?;
+        let permit = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ApiError::unavailable("read permits", e))?;
+        let (this, p) = (self.clone(), plan.clone());
+        let page = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.read_page(&p)
+        })
+        .await
+        .map_err(|e| ApiError::internal("page reader", e))??;
+        self.record_read(caller, &plan, false).await?;
+        Ok(page)
+    }
+
+    fn read_page(&self, plan: &PagePlan) -> Result<Page, ApiError> {
+        let size = plan.query.limit;
+        let mut q = plan.query.clone();
+        // One more than the page tells whether there is a next page.
+        q.limit = size + 1;
+        let mut rows = Vec::with_capacity(q.limit);
+        self.readers
+            .with(|spool| {
+                spool.query_page_each(&q, plan.before, |e| {
+                    rows.push(e);
+                    Ok::<(), SpoolError>(())
+                })
+            })
+            .map_err(|e| ApiError::internal("reading the spool", e))?;
+        let more = rows.len() > size;
+        rows.truncate(size);
+        let next_token = match (more, rows.last()) {
+            (true, Some(last)) => plan.next_token(&self.key, last.ts_ms, last.seq),
+            _ => String::new(),
+        };
+        let mut page = Page {
+            logs: Vec::with_capacity(rows.len()),
+            ts_ms: Vec::with_capacity(rows.len()),
+            next_token,
+        };
+        for e in rows {
+            let log = ApiAuditLog::from_body(&e.body, e.ts_ms).map_err(|r| {
+                ApiError::internal(
+                    "reading the spool",
+                    format!("stored event {} is corrupt: {r}", e.seq),
+                )
+            })?;
+            page.logs.push(log);
+            page.ts_ms.push(e.ts_ms);
+        }
+        Ok(page)
+    }
+
+    /// Appends the read's own audit event through the spool writer.
+    pub async fn record_read(
+        &self,
+        caller: &Caller,
+        plan: &PagePlan,
+        export: bool,
+    ) -> Result<(), ApiError> {
+        let ev = audit::event(caller, plan, export, uuid::Uuid::new_v4(), now_ms())
+            .map_err(|e| ApiError::internal("building the read's audit event", e))?;
+        let tx = self.audit.clone();
+        let batch = AppendBatch {
+            events: vec![ev],
+            read: 0,
+            ..Default::default()
+        };
+        tokio::task::spawn_blocking(move || tx.send(batch))
+            .await
+            .map_err(|e| ApiError::internal("audit sender", e))?
+            .map_err(|_| {
+                ApiError::unavailable("recording the read", "the spool writer has stopped")
+            })
+    }
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/gitpod.v1.AuditLogService/ListAuditLogs",
+            post(connect::list_audit_logs),
+        )
+        .route(
+            "/v1/organizations/{organization_id}/audit-logs",
+            get(rest::list),
+        )
+        .route(
+            "/v1/organizations/{organization_id}/audit-logs/export",
+            get(rest::export),
+        )
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })
+        .with_state(state)
+}
+
+/// Binds `api.listen` and serves until `stop`. Creates the spool if needed, for its
+/// page-token key; `audit` is the spool writer's channel.
+pub async fn start(
+    config: &ApiConfig,
+    spool: &SpoolConfig,
+    audit: SyncSender<AppendBatch>,
+    stop: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let key = {
+        let s = Spool::open(&spool.dir, spool.durability, 1 << 20)
+            .with_context(|| format!("opening the spool in {}", spool.dir.display()))?;
+        s.meta_secret(PAGE_TOKEN_KEY, || {
+            let mut k = vec![0u8; 32];
+            getrandom::getrandom(&mut k).expect("the OS random source");
+            k
+        })?
+    };
+    let state = ApiState::new(config, spool.dir.clone(), key, audit).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "query API listening");
+    let app = router(state);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "query API server failed");
+        }
+    }))
+}

@@ -1,0 +1,223 @@
+//! `[api]`: the query API (ListAuditLogs over Connect, and its REST form) and who may call it.
+
+use super::{ByteSize, HumanDuration, Problem};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[api]`: the query API; absent: not served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on, e.g. `"0.0.0.0:8080"`, or `"127.0.0.1:0"` for any free port
+    /// (the bound address is logged). Required.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, after gzip decompression. Default `"64KiB"`, between
+    /// 1KiB and 16MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: ByteSize,
+    /// How long one request may take (an export stream: until its first byte). Default
+    /// `"10s"`, between 100ms and 10m.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// `[api.auth]`: JWTs signed by the platform; absent: only operator tokens are accepted.
+    #[serde(default)]
+    pub auth: Option<ApiAuthConfig>,
+    /// `[[api.tokens]]`: static operator tokens. Default none.
+    #[serde(default)]
+    pub tokens: Vec<OperatorTokenConfig>,
+}
+
+/// `[api.auth]`: how the platform's JWTs are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    /// File holding the HS256 shared secret (its bytes, a trailing newline removed).
+    /// Give this, `jwt_jwks_file`, or both.
+    #[serde(default)]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// JWKS file (`{"keys":[…]}`) with the RS256 / ES256 public keys; a token's `kid`
+    /// picks the key.
+    #[serde(default)]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` of every token. Required.
+    pub jwt_issuer: String,
+    /// Required `aud` of every token. Required.
+    pub jwt_audience: String,
+    /// Claim holding the caller's user id (the actor of the read's own audit event).
+    /// Default `"sub"`.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim holding `{organizationId: role}`; role `"owner"` may read that organization.
+    /// Default `"orgs"`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+}
+
+/// `[[api.tokens]]`: one operator token, stored only as the SHA-256 of the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorTokenConfig {
+    /// Who holds it; the actor of its reads is `operator:<name>`. Required, unique.
+    pub name: String,
+    /// SHA-256 of the token, 64 hex characters (`printf %s TOKEN | sha256sum`). Required.
+    pub sha256: String,
+    /// Organization ids it may read, or `["*"]` for every organization (installation
+    /// admins). Required, not empty.
+    pub organizations: Vec<String>,
+}
+
+fn default_max_body_bytes() -> ByteSize {
+    ByteSize(64 << 10)
+}
+
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+fn default_user_claim() -> String {
+    "sub".to_string()
+}
+
+fn default_roles_claim() -> String {
+    "orgs".to_string()
+}
+
+/// Adds every problem of `[api]` to `problems`, each naming its key.
+pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
+    let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+    let b = c.max_body_bytes.0;
+    if !(1 << 10..=16 << 20).contains(&b) {
+        bad(
+            "api.max_body_bytes".into(),
+            format!("must be between 1024 and 16777216 bytes, got {b}"),
+        );
+    }
+    let t = c.request_timeout.0;
+    if t < Duration::from_millis(100) || t > Duration::from_secs(600) {
+        bad(
+            "api.request_timeout".into(),
+            format!("must be between 100ms and 10m, got {}", c.request_timeout),
+        );
+    }
+    if let Some(a) = &c.auth {
+        if a.jwt_hs256_secret_file.is_none() && a.jwt_jwks_file.is_none() {
+            bad(
+                "api.auth".into(),
+                "give jwt_hs256_secret_file, jwt_jwks_file, or both".into(),
+            );
+        }
+        for (key, v) in [
+            ("api.auth.jwt_issuer", &a.jwt_issuer),
+            ("api.auth.jwt_audience", &a.jwt_audience),
+            ("api.auth.user_claim", &a.user_claim),
+            ("api.auth.roles_claim", &a.roles_claim),
+        ] {
+            if v.trim().is_empty() {
+                bad(key.into(), "must not be empty".into());
+            }
+        }
+    }
+    for (i, t) in c.tokens.iter().enumerate() {
+        let key = |k: &str| format!("api.tokens[{i}].{k}");
+        if t.name.trim().is_empty() {
+            bad(key("name"), "must not be empty".into());
+        } else if c.tokens[..i].iter().any(|o| o.name == t.name) {
+            bad(
+                key("name"),
+                format!("{:?} is used by an earlier token", t.name),
+            );
+        }
+        if t.sha256.len() != 64 || !t.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+            bad(key("sha256"), "must be 64 hex characters".into());
+        }
+        if t.organizations.is_empty() {
+            bad(
+                key("organizations"),
+                "must list organization ids, or \"*\" for all".into(),
+            );
+        }
+        for (j, o) in t.organizations.iter().enumerate() {
+            if o != "*" && uuid::Uuid::try_parse(o).is_err() {
+                bad(
+                    format!("api.tokens[{i}].organizations[{j}]"),
+                    format!("not an organization id (a UUID) or \"*\": {o:?}"),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(api: &str) -> Vec<String> {
+        let text = format!("[source]\npaths = [\"/tmp/*.log\"]\n\n{api}");
+        match Config::from_toml(&text) {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_a_full_section() {
+        let text = "[source]\npaths = [\"-\"]\n[api]\nlisten = \"127.0.0.1:0\"\n";
+        let c = Config::from_toml(text).unwrap();
+        let api = c.api.as_ref().unwrap();
+        assert_eq!(api.max_body_bytes.0, 64 << 10);
+        assert_eq!(api.request_timeout.0.as_secs(), 10);
+        assert!(api.auth.is_none() && api.tokens.is_empty());
+        let full = r#"
+[api]
+listen = "127.0.0.1:8080"
+[api.auth]
+jwt_hs256_secret_file = "/etc/secret"
+jwt_issuer = "https://gitpod.example.com"
+jwt_audience = "audit-relay"
+[[api.tokens]]
+name = "ops"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+organizations = ["*"]
+"#;
+        assert_eq!(problems(full), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let text = r#"
+[api]
+listen = "127.0.0.1:8080"
+max_body_bytes = "10"
+request_timeout = "1h"
+[api.auth]
+jwt_issuer = ""
+jwt_audience = "a"
+[[api.tokens]]
+name = "ops"
+sha256 = "abc"
+organizations = []
+[[api.tokens]]
+name = "ops"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+organizations = ["not-a-uuid"]
+"#;
+        let p = problems(text);
+        for want in [
+            "api.max_body_bytes: must be between",
+            "api.request_timeout: must be between",
+            "api.auth: give jwt_hs256_secret_file",
+            "api.auth.jwt_issuer: must not be empty",
+            "api.tokens[0].sha256: must be 64 hex characters",
+            "api.tokens[0].organizations: must list",
+            "api.tokens[1].name: \"ops\" is used by an earlier token",
+            "api.tokens[1].organizations[0]: not an organization id",
+        ] {
+            assert!(p.iter().any(|x| x.starts_with(want)), "{want} in {p:#?}");
+        }
+        assert_eq!(p.len(), 8, "{p:#?}");
+        assert!(problems("[api]\nlisten = \"x\"\n")[0].starts_with("api.listen"));
+        assert!(problems("[api]\nlisten = \"127.0.0.1:1\"\nport = 3\n")[0].contains("port"));
+    }
+}
