@@ -57,6 +57,8 @@ pub enum Outcome {
     Dropped(u16),
     /// Answered with a credentials or permission error, not forwarded.
     Denied,
+    /// Answered 400 InvalidParameterException (poisoned), not forwarded.
+    Invalid,
     /// Could not reach moto.
     UpstreamFailed,
 }
@@ -140,6 +142,8 @@ struct State {
     refused: AtomicUsize,
     requests: AtomicUsize,
     stop: AtomicBool,
+    /// A PutLogEvents call whose body holds this text is refused as invalid.
+    poison: Mutex<Option<String>>,
 }
 
 /// The running proxy; stops accepting when dropped.
@@ -167,6 +171,7 @@ impl Proxy {
             refused: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            poison: Mutex::new(None),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -189,6 +194,12 @@ impl Proxy {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Refuse (400 InvalidParameterException) every PutLogEvents call whose body
+    /// contains `text`, as CloudWatch does with a call holding an event it rejects.
+    pub fn set_poison(&self, text: Option<&str>) {
+        *self.state.poison.lock().unwrap() = text.map(str::to_string);
     }
 
     pub fn set_mode(&self, m: Mode) {
@@ -344,6 +355,22 @@ fn handle(mut client: TcpStream, st: &State) {
             calls[n].decided = Some(std::time::Instant::now());
         }
     };
+    let poisoned = st
+        .poison
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|p| is_put && find(&body, p.as_bytes()).is_some());
+    if poisoned {
+        set(Outcome::Invalid);
+        return answer(
+            &mut client,
+            400,
+            "Bad Request",
+            "InvalidParameterException",
+            r#"{"__type":"InvalidParameterException","message":"Log event is invalid (injected by the test proxy)"}"#,
+        );
+    }
     let mode = *st.mode.lock().unwrap();
     match mode {
         Mode::Down => {
