@@ -82,6 +82,22 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Runs one CloudWatch call. On shutdown the call in flight may finish within a bound,
+/// so that its progress is committed; past it, it is abandoned (and sent again at the
+/// next start).
+async fn finish_unless_cancelled<T>(
+    cancel: &CancellationToken,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, Cancelled> {
+    tokio::pin!(call);
+    tokio::select! {
+        r = &mut call => Ok(r),
+        _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_CALL_WAIT, &mut call)
+            .await
+            .map_err(|_| Cancelled),
+    }
+}
+
 /// A random share of `d` ("full jitter"), from the standard library's random hasher keys.
 fn full_jitter(d: Duration) -> Duration {
     use std::hash::BuildHasher;
@@ -334,19 +350,8 @@ impl Forwarder {
     async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
         let mut backoff = self.backoff();
         loop {
-            let attempt = {
-                let call = self.cw.ensure();
-                tokio::pin!(call);
-                tokio::select! {
-                    r = &mut call => r,
-                    _ = self.cancel.cancelled() => {
-                        match tokio::time::timeout(SHUTDOWN_CALL_WAIT, &mut call).await {
-                            Ok(r) => r,
-                            Err(_) => return Err(Cancelled),
-                        }
-                    }
-                }
-            };
+            let cw = self.cw.clone();
+            let attempt = finish_unless_cancelled(&self.cancel, cw.ensure()).await?;
             match attempt {
                 Ok(()) => {
                     self.health
@@ -453,21 +458,8 @@ impl Forwarder {
     async fn deliver(&mut self, events: &[OutEvent]) -> Result<Vec<Rejection>, Cancelled> {
         let mut backoff = self.backoff();
         loop {
-            let result = {
-                let call = self.cw.put(events);
-                tokio::pin!(call);
-                tokio::select! {
-                    r = &mut call => r,
-                    _ = self.cancel.cancelled() => {
-                        // Shutdown: let the call in flight finish, within a bound, so
-                        // its progress is committed; otherwise it is sent again at restart.
-                        match tokio::time::timeout(SHUTDOWN_CALL_WAIT, &mut call).await {
-                            Ok(r) => r,
-                            Err(_) => return Err(Cancelled),
-                        }
-                    }
-                }
-            };
+            let cw = self.cw.clone();
+            let result = finish_unless_cancelled(&self.cancel, cw.put(events)).await?;
             self.health.calls.fetch_add(1, Ordering::Relaxed);
             if let Err(f) = &result {
                 self.health.failures[classify(f).0 as usize].fetch_add(1, Ordering::Relaxed);

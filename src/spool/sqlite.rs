@@ -518,50 +518,9 @@ impl Spool {
     pub fn query_each<E: From<SpoolError>>(
         &self,
         q: &Query,
-        mut f: impl FnMut(StoredEvent) -> Result<(), E>,
+        f: impl FnMut(StoredEvent) -> Result<(), E>,
     ) -> Result<(), E> {
-        let org: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT org FROM orgs WHERE organization_id = ?1",
-                [&q.organization_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(SpoolError::from)?;
-        let Some(org) = org else {
-            return Ok(());
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, ts_ms, body, org FROM events
-                 WHERE org = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3
-                   AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
-                 ORDER BY ts_ms DESC, seq DESC LIMIT ?6",
-            )
-            .map_err(SpoolError::from)?;
-        let params = params![
-            org,
-            q.from_ms,
-            q.to_ms,
-            q.actor_id,
-            q.action,
-            q.limit as i64
-        ];
-        let mut rows = stmt.query(params).map_err(SpoolError::from)?;
-        let row = |r: &rusqlite::Row| -> rusqlite::Result<StoredEvent> {
-            Ok(StoredEvent {
-                seq: r.get(0)?,
-                ts_ms: r.get(1)?,
-                body: r.get(2)?,
-                org: r.get(3)?,
-            })
-        };
-        while let Some(r) = rows.next().map_err(SpoolError::from)? {
-            f(row(r).map_err(SpoolError::from)?)?;
-        }
-        Ok(())
+        self.query_page_each(q, None, f)
     }
 
     /// The organization id behind a compact key.
