@@ -246,6 +246,7 @@ impl JwtKeys {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.validate_nbf = true;
         v.leeway = 30;
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &v)
@@ -262,6 +263,10 @@ impl JwtKeys {
         let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
         if exp + v.leeway < now_s {
             return Err(ApiError::unauthenticated("token expired"));
+        }
+        let nbf = data.claims.get("nbf").and_then(|e| e.as_u64()).unwrap_or(0);
+        if nbf > now_s + v.leeway {
+            return Err(ApiError::unauthenticated("token not valid yet"));
         }
         claims_caller(&data.claims, &self.user_claim, &self.roles_claim).ok_or_else(invalid)
     }
@@ -395,6 +400,11 @@ organizations = ["*"]
             ),
             jwt(
                 serde_json::json!({"sub": "u", "iss": "https://gitpod.example.com", "aud": "audit-relay", "exp": NOW + 600, "orgs": ["x"]}),
+                SECRET,
+            ),
+            // Not valid before an hour from now.
+            jwt(
+                serde_json::json!({"sub": "u1", "iss": "https://gitpod.example.com", "aud": "audit-relay", "exp": NOW + 7200, "nbf": NOW + 3600, "orgs": {A: "owner"}}),
                 SECRET,
             ),
         ];
