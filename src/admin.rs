@@ -10,6 +10,7 @@
 //! It reads the spool through its own read-only connection, so a busy pipeline does
 //! not stall a probe.
 
+use crate::api::metrics::{ApiMetrics, BUCKETS};
 use crate::forward::forwarder::ForwardHealth;
 use crate::forward::retry::ErrorKind;
 use crate::spool::Spool;
@@ -35,6 +36,8 @@ pub struct Health {
     pub sources_running: AtomicBool,
     /// One per forwarder (stream), once they exist.
     pub forward: Mutex<Vec<Arc<ForwardHealth>>>,
+    /// The query API's requests (all zero when it is not served).
+    pub api: Arc<ApiMetrics>,
 }
 
 impl Health {
@@ -250,6 +253,7 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
             &failures,
         );
     }
+    render_api(&mut o, &s.health.api);
     let ready = s.health.not_ready_reasons().is_empty();
     metric(
         &mut o,
@@ -259,4 +263,45 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         &one(if ready { 1.0 } else { 0.0 }),
     );
     Ok(o)
+}
+
+/// The query API's requests by route and status, and its latency histogram per route.
+fn render_api(o: &mut String, m: &ApiMetrics) {
+    let snap = m.snapshot();
+    let requests: Vec<(String, f64)> = snap
+        .iter()
+        .flat_map(|r| {
+            r.by_status.iter().map(|(status, n)| {
+                (
+                    format!("{{route=\"{}\",status=\"{status}\"}}", r.route.name()),
+                    *n as f64,
+                )
+            })
+        })
+        .collect();
+    metric(
+        o,
+        "audit_relay_api_requests_total",
+        "counter",
+        "Query API requests answered, by route and HTTP status.",
+        &requests,
+    );
+    let name = "audit_relay_api_request_duration_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Query API request latency by route: until the response head, or for a stream until its end."
+    );
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    for r in &snap {
+        let route = r.route.name();
+        for (i, n) in r.cumulative.iter().enumerate() {
+            let le = match BUCKETS.get(i) {
+                Some(b) => b.to_string(),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(o, "{name}_bucket{{route=\"{route}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(o, "{name}_sum{{route=\"{route}\"}} {}", r.sum_seconds);
+        let _ = writeln!(o, "{name}_count{{route=\"{route}\"}} {}", r.count);
+    }
 }

@@ -58,7 +58,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The query API starts first and stops last; its reads are audited through the writer.
     let api_stop = CancellationToken::new();
     let api_server = match &config.api {
-        Some(a) => Some(api::start(a, &config.spool, tx.clone(), api_stop.clone()).await?),
+        Some(a) => Some(
+            api::start(
+                a,
+                &config.spool,
+                tx.clone(),
+                api_stop.clone(),
+                health.api.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let admin_stop = CancellationToken::new();

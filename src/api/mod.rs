@@ -11,14 +11,18 @@
 //! operator tokens that list it, may read it. Pages are keyset cursors signed with a
 //! key kept in the spool ([`token`]). Every successful read appends its own audit event
 //! ([`audit`]) through the spool writer's channel before it is answered. Errors are
-//! Connect errors ([`error`]).
+//! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
+//! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
+//! ([`tls`]).
 
 pub mod audit;
 pub mod auth;
 pub mod connect;
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod rest;
+pub mod tls;
 pub mod token;
 
 /// The messages of `proto/gitpod/v1/`, compiled by `build.rs`.
@@ -38,6 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::{ApiError, Code};
+use metrics::ApiMetrics;
 use request::{FieldNames, ListRequest, PagePlan};
 use std::future::Future;
 use std::ops::Deref;
@@ -98,6 +103,8 @@ pub struct Inner {
     reads: Arc<Semaphore>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Requests by route and status, and their latency (rendered on the admin `/metrics`).
+    pub metrics: Arc<ApiMetrics>,
 }
 
 /// What every handler shares.
@@ -116,12 +123,14 @@ fn now_ms() -> i64 {
 }
 
 impl ApiState {
-    /// `key` signs page tokens; `audit` is the spool writer's channel.
+    /// `key` signs page tokens; `audit` is the spool writer's channel; `metrics` counts
+    /// the requests.
     pub fn new(
         config: &ApiConfig,
         spool_dir: PathBuf,
         key: Vec<u8>,
         audit: SyncSender<AppendBatch>,
+        metrics: Arc<ApiMetrics>,
     ) -> Result<ApiState, String> {
         Ok(ApiState(Arc::new(Inner {
             auth: Authenticator::from_config(config)?,
@@ -134,6 +143,7 @@ impl ApiState {
             reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
             max_body_bytes: config.max_body_bytes.0 as usize,
             request_timeout: config.request_timeout.0,
+            metrics,
         })))
     }
 
@@ -259,8 +269,9 @@ impl ApiState {
     }
 }
 
-/// The API's routes.
+/// The API's routes, each request counted and timed in `state.metrics`.
 pub fn router(state: ApiState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route(
             "/gitpod.v1.AuditLogService/ListAuditLogs",
@@ -275,17 +286,27 @@ pub fn router(state: ApiState) -> Router {
             get(rest::export),
         )
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .with_state(state)
 }
 
-/// Binds `api.listen` and serves until `stop`. Creates the spool if needed, for its
-/// page-token key; `audit` is the spool writer's channel.
+/// Binds `api.listen` and serves until `stop` (over TLS with `api.tls_cert` and
+/// `api.tls_key`). Creates the spool if needed, for its page-token key; `audit` is the
+/// spool writer's channel; `metrics` counts the requests.
 pub async fn start(
     config: &ApiConfig,
     spool: &SpoolConfig,
     audit: SyncSender<AppendBatch>,
     stop: CancellationToken,
+    metrics: Arc<ApiMetrics>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
     let key = {
         let s = Spool::open(&spool.dir, spool.durability, 1 << 20)
             .with_context(|| format!("opening the spool in {}", spool.dir.display()))?;
@@ -295,17 +316,38 @@ pub async fn start(
             k
         })?
     };
-    let state = ApiState::new(config, spool.dir.clone(), key, audit).map_err(anyhow::Error::msg)?;
+    let state = ApiState::new(config, spool.dir.clone(), key, audit, metrics)
+        .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "query API listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = tls.is_some(),
+        "query API listening"
+    );
     let app = router(state);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
+        let served = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+            Some(tls) => {
+                let listener = match tls::TlsListener::new(listener, tls, stop.clone()) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "query API server failed");
+                        return;
+                    }
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "query API server failed");
         }
     }))

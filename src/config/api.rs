@@ -21,6 +21,13 @@ pub struct ApiConfig {
     /// `"10s"`, between 100ms and 10m.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// PEM file with the server certificate chain (leaf first), to serve the API over
+    /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// `[api.auth]`: JWTs signed by the platform; absent: only operator tokens are accepted.
     #[serde(default)]
     pub auth: Option<ApiAuthConfig>,
@@ -101,6 +108,17 @@ pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
             format!("must be between 100ms and 10m, got {}", c.request_timeout),
         );
     }
+    match (&c.tls_cert, &c.tls_key) {
+        (Some(_), None) => bad(
+            "api.tls_key".into(),
+            "required when api.tls_cert is given (give both, or neither for plain HTTP)".into(),
+        ),
+        (None, Some(_)) => bad(
+            "api.tls_cert".into(),
+            "required when api.tls_key is given (give both, or neither for plain HTTP)".into(),
+        ),
+        _ => {}
+    }
     if let Some(a) = &c.auth {
         if a.jwt_hs256_secret_file.is_none() && a.jwt_jwks_file.is_none() {
             bad(
@@ -169,9 +187,12 @@ mod tests {
         assert_eq!(api.max_body_bytes.0, 64 << 10);
         assert_eq!(api.request_timeout.0.as_secs(), 10);
         assert!(api.auth.is_none() && api.tokens.is_empty());
+        assert!(api.tls_cert.is_none() && api.tls_key.is_none());
         let full = r#"
 [api]
 listen = "127.0.0.1:8080"
+tls_cert = "/etc/audit-relay/tls.crt"
+tls_key = "/etc/audit-relay/tls.key"
 [api.auth]
 jwt_hs256_secret_file = "/etc/secret"
 jwt_issuer = "https://gitpod.example.com"
@@ -218,6 +239,13 @@ organizations = ["not-a-uuid"]
         }
         assert_eq!(p.len(), 8, "{p:#?}");
         assert!(problems("[api]\nlisten = \"x\"\n")[0].starts_with("api.listen"));
+        let half = "[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"\n";
+        assert_eq!(
+            problems(half),
+            vec!["api.tls_key: required when api.tls_cert is given (give both, or neither for plain HTTP)"]
+        );
+        let half = "[api]\nlisten = \"127.0.0.1:1\"\ntls_key = \"/k.pem\"\n";
+        assert!(problems(half)[0].starts_with("api.tls_cert: required when api.tls_key"));
         assert!(problems("[api]\nlisten = \"127.0.0.1:1\"\nport = 3\n")[0].contains("port"));
     }
 }
