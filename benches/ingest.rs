@@ -28,6 +28,7 @@ struct Args {
     runs: usize,
     parts: bool,
     durability: String,
+    cache: String,
 }
 
 fn args() -> Args {
@@ -37,6 +38,7 @@ fn args() -> Args {
         runs: 3,
         parts: false,
         durability: "fsync".into(),
+        cache: "16MiB".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -46,6 +48,7 @@ fn args() -> Args {
             "--prefill" => a.prefill = val().parse().expect("--prefill M"),
             "--runs" => a.runs = val().parse().expect("--runs R"),
             "--durability" => a.durability = val(),
+            "--cache" => a.cache = val(),
             "--parts" => a.parts = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -135,6 +138,30 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) per thread name of a process.
+fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    let tick = 100.0; // USER_HZ
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        if f.len() > 12 {
+            *by_name.entry(name.trim().to_string()).or_default() += (f[11] + f[12]) / tick;
+        }
+    }
+    by_name.into_iter().filter(|(_, s)| *s > 0.0).collect()
+}
+
 fn one_run(a: &Args, run: usize) -> (f64, u64) {
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-ingest".into());
     let dir = Path::new(&base).join(format!("run{run}"));
@@ -155,10 +182,11 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\ncache_size = \"{}\"\n[log]\nlevel = \"warn\"\n",
             dir.display(),
             spool_dir.display(),
-            a.durability
+            a.durability,
+            a.cache
         ),
     )
     .unwrap();
@@ -183,6 +211,11 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     }
     let secs = started.elapsed().as_secs_f64();
     hwm = hwm.max(vm_hwm_kib(child.id()));
+    let cpu: Vec<String> = thread_cpu(child.id())
+        .into_iter()
+        .map(|(n, s)| format!("{n} {:.2} µs/event", s * 1e6 / a.events as f64))
+        .collect();
+    println!("  CPU by thread: {}", cpu.join(", "));
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
