@@ -129,8 +129,21 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig => {
-            println!("{}", config.summary());
-            Ok(ExitCode::SUCCESS)
+            let problems = config
+                .api
+                .as_ref()
+                .map(audit_relay::api::check_files)
+                .unwrap_or_default();
+            if problems.is_empty() {
+                println!("{}", config.summary());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("audit-relay: bad config {}:", cli.config.display());
+                for p in &problems {
+                    eprintln!("  {p}");
+                }
+                Ok(ExitCode::from(EXIT_USAGE))
+            }
         }
         Command::Run => run(config),
         Command::Replay { from, to } => replay(config, &from, &to),

@@ -485,3 +485,29 @@ fn relay_logs_as_json_when_configured() {
     // No event args at info level.
     assert!(!log.contains("user request"), "{log}");
 }
+
+#[test]
+fn check_config_opens_the_api_key_files_like_run_does() {
+    let h = Harness::new();
+    let base = std::fs::read_to_string(&h.config).unwrap();
+    let missing = h.dir.path().join("no-such-secret");
+    h.write_config(&format!(
+        "{base}\n[api]\nlisten = \"127.0.0.1:0\"\n\n[api.auth]\njwt_hs256_secret_file = {:?}\njwt_issuer = \"https://gitpod.example.com\"\njwt_audience = \"audit-relay\"\n",
+        missing.display().to_string()
+    ));
+    let out = h.cli(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("api.auth.jwt_hs256_secret_file"),
+        "{stderr}"
+    );
+
+    std::fs::write(&missing, "a-shared-secret-of-enough-length").unwrap();
+    let out = h.cli(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -270,6 +270,21 @@ impl ApiState {
 }
 
 /// The API's routes, each request counted and timed in `state.metrics`.
+/// What `check-config` checks beyond the TOML: that the key files of `[api]` can be
+/// read and parsed, as `run` will need them. Each problem names its key.
+pub fn check_files(c: &ApiConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = auth::Authenticator::from_config(c) {
+        problems.push(e);
+    }
+    if let (Some(cert), Some(key)) = (&c.tls_cert, &c.tls_key) {
+        if let Err(e) = tls::server_config(cert, key) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    problems
+}
+
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
