@@ -169,13 +169,20 @@ fn half_a_tls_config_is_refused_naming_the_key() {
         "{err}"
     );
 
-    // Both given, but the certificate cannot be read: `run` fails naming it.
+    // Both given, but the certificate cannot be read: `check-config` and `run` both
+    // fail naming it.
     h.write_config(&text.replacen(
         "tls_cert = \"/nonexistent/tls.crt\"\n",
         "tls_cert = \"/nonexistent/tls.crt\"\ntls_key = \"/nonexistent/tls.key\"\n",
         1,
     ));
-    assert!(h.cli(&["check-config"]).status.success());
+    let out = h.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.tls_cert: cannot read /nonexistent/tls.crt"),
+        "{err}"
+    );
     let out = h.cli(&["run"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
