@@ -34,6 +34,8 @@ pub struct Health {
     pub writer_running: AtomicBool,
     /// The sources are running (or finished their input).
     pub sources_running: AtomicBool,
+    /// The spool is at `spool.max_bytes`; sources are paused.
+    pub spool_full: Arc<AtomicBool>,
     /// One per forwarder (stream), once they exist.
     pub forward: Mutex<Vec<Arc<ForwardHealth>>>,
     /// The query API's requests (all zero when it is not served).
@@ -49,6 +51,9 @@ impl Health {
         }
         if !self.sources_running.load(Ordering::Relaxed) {
             r.push("sources not running");
+        }
+        if self.spool_full.load(Ordering::Relaxed) {
+            r.push("spool full (spool.max_bytes): reading paused");
         }
         let forward = self.forward.lock().expect("health");
         if forward

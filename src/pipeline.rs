@@ -127,6 +127,7 @@ async fn run_pipeline(
     let opts = WriterOptions {
         max_events: config.spool.commit_max_events,
         interval: config.spool.commit_interval.0,
+        max_bytes: config.spool.max_bytes.0,
     };
     let mut writer = {
         let stop = writer_stop.clone();
@@ -134,7 +135,7 @@ async fn run_pipeline(
         let health = health.clone();
         health.writer_running.store(true, Ordering::Relaxed);
         spawn_thread("spool-writer", move || {
-            let r = SpoolWriter::new(spool, opts, inbox).run(rx, stop);
+            let r = SpoolWriter::new(spool, opts, inbox, health.spool_full.clone()).run(rx, stop);
             health.writer_running.store(false, Ordering::Relaxed);
             r
         })
@@ -151,7 +152,8 @@ async fn run_pipeline(
         );
         let health = health.clone();
         spawn_thread("file-source", move || {
-            let r = FileSource::new(&src, saved, out, cancel).run();
+            let paused = health.spool_full.clone();
+            let r = FileSource::new(&src, saved, out, cancel, paused).run();
             health.sources_running.store(false, Ordering::Relaxed);
             r
         })

@@ -117,7 +117,10 @@ pub struct SpoolConfig {
     /// Days events are kept, 1 to 3653. Default 90. (The purge job is not built yet.)
     #[serde(default = "defaults::retention_days")]
     pub retention_days: i64,
-    /// Disk cap of the spool. Default `"20GiB"`. (Enforcement is not built yet.)
+    /// Disk cap of the spool (database + WAL). At the cap, sources pause (offsets kept,
+    /// nothing lost) and `/readyz` fails; reading resumes below 95 % of it. Default
+    /// `"20GiB"`, at least `"1MiB"`. (Without the retention purge, not built yet, space
+    /// frees only when the cap is raised.)
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: ByteSize,
     /// `fsync` (each commit reaches the disk; survives power loss) or `os` (survives a
@@ -405,7 +408,7 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
         &mut bad,
         "spool.max_bytes",
         sp.max_bytes.0,
-        64 << 20,
+        1 << 20,
         u64::MAX,
         "bytes",
     );

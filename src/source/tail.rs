@@ -23,7 +23,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +69,8 @@ pub struct FileSource {
     wake: Receiver<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     chunk: Vec<u8>,
+    /// Set while the spool is full: read nothing, keep every offset.
+    paused: Arc<AtomicBool>,
 }
 
 impl FileSource {
@@ -76,6 +80,7 @@ impl FileSource {
         saved: Vec<Checkpoint>,
         out: Collector,
         cancel: CancellationToken,
+        paused: Arc<AtomicBool>,
     ) -> FileSource {
         let patterns: Vec<String> = cfg.paths.iter().filter(|p| *p != "-").cloned().collect();
         let (wake_tx, wake) = sync_channel(1);
@@ -93,12 +98,18 @@ impl FileSource {
             wake,
             _watcher: watcher,
             chunk: vec![0u8; CHUNK_BYTES],
+            paused,
         }
     }
 
     /// Runs until cancelled (or the writer is gone), then hands over the last batch.
     pub fn run(mut self) -> Result<(), WriterGone> {
         while !self.cancel.is_cancelled() {
+            if self.paused.load(Ordering::Relaxed) {
+                self.flush()?;
+                self.wait();
+                continue;
+            }
             self.scan();
             let progressed = self.read_all()?;
             self.retire();
@@ -279,7 +290,7 @@ impl FileSource {
             if self.out.is_full() {
                 self.flush()?;
             }
-            if self.cancel.is_cancelled() {
+            if self.cancel.is_cancelled() || self.paused.load(Ordering::Relaxed) {
                 break;
             }
         }

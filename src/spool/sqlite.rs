@@ -194,6 +194,18 @@ impl Spool {
         }
     }
 
+    /// Bytes of the database, its WAL and its shared-memory index on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum()
+    }
+
     /// The sequence number of the newest event this handle wrote or found at open.
     pub fn last_seq(&self) -> i64 {
         self.last_seq

@@ -5,7 +5,7 @@
 //! bounded, so a slow disk slows the sources instead of growing memory.
 
 use super::{AppendBatch, ForwardProgress, Spool, SpoolError};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +48,8 @@ impl ProgressInbox {
 pub struct WriterOptions {
     pub max_events: usize,
     pub interval: Duration,
+    /// `spool.max_bytes`: the disk cap.
+    pub max_bytes: u64,
 }
 
 /// Totals over the writer's life.
@@ -63,14 +65,41 @@ pub struct SpoolWriter {
     spool: Spool,
     opts: WriterOptions,
     progress: ProgressInbox,
+    /// Set while the spool's files are at or over `max_bytes`: sources pause.
+    full: Arc<AtomicBool>,
 }
 
 impl SpoolWriter {
-    pub fn new(spool: Spool, opts: WriterOptions, progress: ProgressInbox) -> Self {
+    pub fn new(
+        spool: Spool,
+        opts: WriterOptions,
+        progress: ProgressInbox,
+        full: Arc<AtomicBool>,
+    ) -> Self {
         SpoolWriter {
             spool,
             opts,
             progress,
+            full,
+        }
+    }
+
+    /// Compares the spool's size on disk with the cap; sets or clears the full flag
+    /// (cleared below 95 % of the cap, so reading does not flap).
+    fn check_disk_cap(&self) {
+        let bytes = self.spool.disk_bytes();
+        let max = self.opts.max_bytes;
+        let full = self.full.load(Ordering::Relaxed);
+        if !full && bytes >= max {
+            self.full.store(true, Ordering::Relaxed);
+            tracing::warn!(bytes, max_bytes = max, "spool reached spool.max_bytes: reading is paused (offsets kept, nothing lost) and /readyz fails until space frees");
+        } else if full && bytes < max / 100 * 95 {
+            self.full.store(false, Ordering::Relaxed);
+            tracing::info!(
+                bytes,
+                max_bytes = max,
+                "spool below spool.max_bytes again: reading resumes"
+            );
         }
     }
 
@@ -100,6 +129,7 @@ impl SpoolWriter {
                 std::thread::sleep(wait.min(IDLE_POLL));
                 Err(RecvTimeoutError::Timeout)
             };
+            self.check_disk_cap();
             let progress = self.progress.take();
             if !progress.is_empty() {
                 if open_since.is_none() {

@@ -1,0 +1,103 @@
+//! The disk cap (`spool.max_bytes`): at the cap, reading pauses with every offset kept
+//! and readiness fails; with room again, reading resumes and every event is stored
+//! exactly once.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().expect("status code");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn admin_addr(relay: &Relay) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = relay.log();
+        if let Some(i) = log.find("admin endpoints listening") {
+            let line = &log[i..log[i..].find('\n').map(|e| i + e).unwrap_or(log.len())];
+            let addr = line.split("addr=").nth(1).expect("addr field");
+            return addr.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no admin address in log:\n{log}");
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn reading_pauses_at_the_cap_and_resumes_with_room_without_loss() {
+    let small = Harness::with(&[], &["max_bytes = \"1MiB\""]);
+    let with_admin = |h: &Harness, cap: &str| {
+        let text = h.config_text(&[], &[&format!("max_bytes = \"{cap}\"")]);
+        h.write_config(&format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    };
+    with_admin(&small, "1MiB");
+    let mut g = gen::Gen::new(41);
+    let (ids, lines) = server_lines(&mut g, 0, 60_000);
+    write_lines(&mut append_to(&small.log("a.log")), &lines);
+
+    let mut relay = small.start();
+    let addr = admin_addr(&relay);
+    // Reading stops well short of the file: the count stops growing.
+    small.wait_until(
+        Some(&mut relay),
+        "the spool to reach its cap",
+        DEADLINE,
+        || relay_log_has(&small, "spool reached spool.max_bytes"),
+    );
+    // Batches already in flight when the cap was seen are still committed (the cap is
+    // soft by about one group commit); then nothing more is read.
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused_at = small.count();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(small.count(), paused_at, "reading went on past the cap");
+    assert!(
+        paused_at < 60_000,
+        "the cap did not stop reading ({paused_at} stored)"
+    );
+    let (status, body) = get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("spool full"), "{body}");
+    relay.terminate();
+
+    // More room: reading resumes from the kept offsets; nothing lost, nothing twice.
+    with_admin(&small, "256MiB");
+    let mut relay = small.start();
+    small.wait_events(&mut relay, 60_000);
+    let addr = admin_addr(&relay);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    relay.terminate();
+    let expected: std::collections::HashSet<String> = ids.into_iter().collect();
+    assert_exactly_once(&small, &expected);
+    assert_eq!(small.stat("duplicates"), 0);
+}
+
+/// Whether any relay run of this harness logged `needle`.
+fn relay_log_has(h: &Harness, needle: &str) -> bool {
+    std::fs::read_dir(h.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".stderr"))
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(needle)
+        })
+}
