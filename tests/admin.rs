@@ -5,46 +5,6 @@ mod api_common;
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().expect("status code");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The address the relay logged for its admin listener.
-fn admin_addr(relay: &Relay) -> String {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let log = relay.log();
-        if let Some(i) = log.find("admin endpoints listening") {
-            let line = &log[i..log[i..].find('\n').map(|e| i + e).unwrap_or(log.len())];
-            let addr = line.split("addr=").nth(1).expect("addr field");
-            return addr.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin address in log:\n{log}"
-        );
-        std::thread::sleep(POLL);
-    }
-}
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
     let s = scrape
@@ -81,10 +41,10 @@ fn health_readiness_and_metrics_match_what_happened() {
     h.wait_events(&mut relay, 250);
     h.wait_quarantined(&mut relay, 1);
 
-    assert_eq!(get(&addr, "/healthz").0, 200);
-    let (status, body) = get(&addr, "/readyz");
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let (status, body) = http_get(&addr, "/readyz");
     assert_eq!((status, body.trim()), (200, "ready"));
-    let (status, body) = get(&addr, "/metrics");
+    let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text");
@@ -270,7 +230,7 @@ fn api_requests_are_counted_by_route_and_status_and_timed() {
 }
 
 fn scrape_metrics(admin: &str) -> prometheus_parse::Scrape {
-    let (status, body) = get(admin, "/metrics");
+    let (status, body) = http_get(admin, "/metrics");
     assert_eq!(status, 200);
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
         .expect("Prometheus text")

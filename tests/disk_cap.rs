@@ -5,41 +5,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().expect("status code");
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn admin_addr(relay: &Relay) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let log = relay.log();
-        if let Some(i) = log.find("admin endpoints listening") {
-            let line = &log[i..log[i..].find('\n').map(|e| i + e).unwrap_or(log.len())];
-            let addr = line.split("addr=").nth(1).expect("addr field");
-            return addr.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "no admin address in log:\n{log}");
-        std::thread::sleep(POLL);
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn reading_pauses_at_the_cap_and_resumes_with_room_without_loss() {
@@ -72,7 +38,7 @@ fn reading_pauses_at_the_cap_and_resumes_with_room_without_loss() {
         paused_at < 60_000,
         "the cap did not stop reading ({paused_at} stored)"
     );
-    let (status, body) = get(&addr, "/readyz");
+    let (status, body) = http_get(&addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("spool full"), "{body}");
     relay.terminate();
@@ -82,7 +48,7 @@ fn reading_pauses_at_the_cap_and_resumes_with_room_without_loss() {
     let mut relay = small.start();
     small.wait_events(&mut relay, 60_000);
     let addr = admin_addr(&relay);
-    assert_eq!(get(&addr, "/readyz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
     relay.terminate();
     let expected: std::collections::HashSet<String> = ids.into_iter().collect();
     assert_exactly_once(&small, &expected);

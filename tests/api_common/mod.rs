@@ -93,20 +93,7 @@ organizations = ["*"]
 
 /// The address the relay logged for its query API.
 pub fn api_addr(relay: &Relay) -> String {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let log = relay.log();
-        if let Some(i) = log.find("query API listening") {
-            let line = &log[i..log[i..].find('\n').map(|e| i + e).unwrap_or(log.len())];
-            let addr = line.split("addr=").nth(1).expect("addr field");
-            return addr.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no query API address in log:\n{log}"
-        );
-        std::thread::sleep(POLL);
-    }
+    logged_addr(relay, "query API listening")
 }
 
 pub fn now_ms() -> i64 {

@@ -463,3 +463,47 @@ pub fn assert_exactly_once(h: &Harness, expected: &HashSet<String>) {
     );
     assert_eq!(rows, expected.len() as u64);
 }
+
+/// The address the relay logged on the line holding `message` (`… addr=HOST:PORT`),
+/// waiting for it; for listeners bound to port 0.
+pub fn logged_addr(relay: &Relay, message: &str) -> String {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let log = relay.log();
+        if let Some(i) = log.find(message) {
+            let line = &log[i..log[i..].find('\n').map(|e| i + e).unwrap_or(log.len())];
+            let addr = line.split("addr=").nth(1).expect("addr field");
+            return addr.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {message:?} line in log:\n{log}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The admin listener's address.
+pub fn admin_addr(relay: &Relay) -> String {
+    logged_addr(relay, "admin endpoints listening")
+}
+
+/// A plain HTTP/1.1 GET that closes the connection; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().expect("status code");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
