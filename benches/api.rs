@@ -22,12 +22,13 @@
 //! `BENCH_DIR` (default `target/bench-api`) holds the spool; `--keep` keeps it and
 //! reuses a kept spool of the same size instead of filling again.
 
-#[path = "../tests/common/gen.rs"]
-mod gen;
+mod support;
 
-use audit_relay::config::{Durability, Envelope};
-use audit_relay::event::{decode, format_timestamp_ms, Decoded};
-use audit_relay::spool::{AppendBatch, Spool};
+use support::gen;
+#[allow(unused_imports)]
+use support::{decode_event, fill_spool, now_ms, status_kib};
+
+use audit_relay::event::format_timestamp_ms;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -69,59 +70,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn decode_event(line: &str) -> audit_relay::event::Event {
-    match decode(line.as_bytes(), Envelope::Auto) {
-        Decoded::Event(e) => e,
-        other => panic!("{other:?}"),
-    }
-}
-
-/// Fills the spool with `m` events spread over the 90 days before `end_ms`.
-fn fill(dir: &Path, m: u64, end_ms: i64) {
-    let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
-    let mut g = gen::Gen::new(0xfeed);
-    let span = 90 * DAY_MS;
-    let step = (span as f64 / m.max(1) as f64).max(1.0);
-    let started = Instant::now();
-    let mut i = 0u64;
-    while i < m {
-        let n = (m - i).min(50_000);
-        let events = (0..n)
-            .map(|k| {
-                let ms = end_ms - span + ((i + k) as f64 * step) as i64;
-                decode_event(&gen::event_json(&mut g, ms).line)
-            })
-            .collect();
-        spool
-            .append(&AppendBatch {
-                events,
-                ..Default::default()
-            })
-            .unwrap();
-        i += n;
-    }
-    eprintln!(
-        "filled the spool with {m} events in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-}
-
-fn kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The relay process; SIGTERM on drop.
@@ -352,7 +300,7 @@ fn main() {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let end = now_ms() - 60_000;
-            fill(&spool_dir, a.events, end);
+            fill_spool(&spool_dir, a.events, end);
             std::fs::write(&marker, format!("{} {end}", a.events)).unwrap();
             end
         }
@@ -412,8 +360,8 @@ fn main() {
     );
 
     // The export of the organization's 90 days, with the relay's memory watched.
-    let hwm_before = kib(pid, "VmHWM:");
-    let rss_before = kib(pid, "VmRSS:");
+    let hwm_before = status_kib(pid, "VmHWM:");
+    let rss_before = status_kib(pid, "VmRSS:");
     let path = format!(
         "/v1/organizations/{org}/audit-logs/export?from={}&to={}",
         format_timestamp_ms(end_ms - 90 * DAY_MS - 1000).replace(':', "%3A"),
@@ -430,7 +378,7 @@ fn main() {
             std::thread::spawn(move || {
                 let mut peak = 0;
                 while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                    peak = peak.max(kib(pid, "VmRSS:"));
+                    peak = peak.max(status_kib(pid, "VmRSS:"));
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 peak
@@ -447,7 +395,7 @@ fn main() {
         exported_bytes = bytes;
     }
     rates.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let hwm_after = kib(pid, "VmHWM:");
+    let hwm_after = status_kib(pid, "VmHWM:");
     println!(
         "export of one organization's 90 days: {exported} events ({:.1} MB NDJSON), median of 5: {:.0} events/s (min {:.0}, max {:.0})",
         exported_bytes as f64 / 1e6,

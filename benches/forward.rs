@@ -13,8 +13,11 @@
 //! events, the calls' fill, and the relay's peak RSS. `--drain N` also measures the
 //! drain of an N-event backlog: ingest with the endpoint down, then start it.
 
-#[path = "../tests/common/gen.rs"]
-mod gen;
+mod support;
+
+use support::gen;
+#[allow(unused_imports)]
+use support::{decode_event, fill_spool, now_ms, status_kib};
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -131,15 +134,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn write_lines(path: &Path, n: u64, seed: u64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -201,12 +195,12 @@ fn end_to_end(n: u64, run: usize) -> (f64, f64, f64, u64) {
     let child = start_relay(&dir, port);
     let mut hwm = 0;
     while counts.events.load(Ordering::Relaxed) < n {
-        hwm = hwm.max(vm_hwm_kib(child.id()));
+        hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
         assert!(started.elapsed() < Duration::from_secs(900), "timed out");
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
-    hwm = hwm.max(vm_hwm_kib(child.id()));
+    hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
     stop(child);
     let calls = counts.calls.load(Ordering::Relaxed) as f64;
     assert_eq!(

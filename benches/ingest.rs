@@ -11,11 +11,13 @@
 //! `--parts` also times the pieces in-process: decode alone, and spool insert alone.
 //! Prints one line per run and the median.
 
-#[path = "../tests/common/gen.rs"]
-mod gen;
+mod support;
 
-use audit_relay::config::{Durability, Envelope};
-use audit_relay::event::{decode, Decoded};
+use support::gen;
+#[allow(unused_imports)]
+use support::{decode_event, fill_spool, now_ms, status_kib};
+
+use audit_relay::config::Durability;
 use audit_relay::spool::{AppendBatch, Spool};
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -57,13 +59,6 @@ fn args() -> Args {
     a
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn write_lines(path: &Path, n: u64, seed: u64, start_ms: i64) -> u64 {
     let mut g = gen::Gen::new(seed);
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
@@ -75,43 +70,6 @@ fn write_lines(path: &Path, n: u64, seed: u64, start_ms: i64) -> u64 {
     }
     w.flush().unwrap();
     bytes
-}
-
-fn decode_event(line: &str) -> audit_relay::event::Event {
-    match decode(line.as_bytes(), Envelope::Auto) {
-        Decoded::Event(e) => e,
-        other => panic!("{other:?}"),
-    }
-}
-
-/// Fills the spool with `m` events spread over the 90 days before `end_ms`.
-fn prefill(dir: &Path, m: u64, end_ms: i64) {
-    let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
-    let mut g = gen::Gen::new(0xfeed);
-    let span = 90 * 86_400_000i64;
-    let step = (span / m.max(1) as i64).max(1);
-    let started = Instant::now();
-    let mut i = 0u64;
-    while i < m {
-        let n = (m - i).min(50_000);
-        let events = (0..n)
-            .map(|k| {
-                let ms = end_ms - span + (i + k) as i64 * step;
-                decode_event(&gen::event_json(&mut g, ms).line)
-            })
-            .collect();
-        spool
-            .append(&AppendBatch {
-                events,
-                ..Default::default()
-            })
-            .unwrap();
-        i += n;
-    }
-    eprintln!(
-        "prefilled {m} events in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 fn events_stored(db: &Path) -> u64 {
@@ -127,15 +85,6 @@ fn events_stored(db: &Path) -> u64 {
     )
     .map(|v| v as u64)
     .unwrap_or(0)
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) per thread name of a process.
@@ -170,7 +119,7 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     let spool_dir = dir.join("spool");
     let start_ms = now_ms() - 86_400_000;
     if a.prefill > 0 {
-        prefill(&spool_dir, a.prefill, start_ms);
+        fill_spool(&spool_dir, a.prefill, start_ms);
     }
     let bytes = write_lines(
         &dir.join("logs/server.log"),
@@ -200,7 +149,7 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
         .expect("start audit-relay");
     let mut hwm = 0;
     loop {
-        hwm = hwm.max(vm_hwm_kib(child.id()));
+        hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
         if events_stored(&db) >= target {
             break;
         }
@@ -210,7 +159,7 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
-    hwm = hwm.max(vm_hwm_kib(child.id()));
+    hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
     let cpu: Vec<String> = thread_cpu(child.id())
         .into_iter()
         .map(|(n, s)| format!("{n} {:.2} µs/event", s * 1e6 / a.events as f64))

@@ -1,0 +1,67 @@
+//! Pieces the benchmark binaries share: sample data, a pre-filled spool, process memory.
+
+#![allow(dead_code)]
+
+#[path = "../../tests/common/gen.rs"]
+pub mod gen;
+
+use audit_relay::config::{Durability, Envelope};
+use audit_relay::event::{decode, Decoded, Event};
+use audit_relay::spool::{AppendBatch, Spool};
+use std::path::Path;
+use std::time::Instant;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn decode_event(line: &str) -> Event {
+    match decode(line.as_bytes(), Envelope::Auto) {
+        Decoded::Event(e) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Fills the spool in `dir` with `m` events spread over the 90 days before `end_ms`,
+/// through the library (50k-event transactions, `os` durability).
+pub fn fill_spool(dir: &Path, m: u64, end_ms: i64) {
+    let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
+    let mut g = gen::Gen::new(0xfeed);
+    let span = 90 * 86_400_000i64;
+    let step = (span as f64 / m.max(1) as f64).max(1.0);
+    let started = Instant::now();
+    let mut i = 0u64;
+    while i < m {
+        let n = (m - i).min(50_000);
+        let events = (0..n)
+            .map(|k| {
+                let ms = end_ms - span + ((i + k) as f64 * step) as i64;
+                decode_event(&gen::event_json(&mut g, ms).line)
+            })
+            .collect();
+        spool
+            .append(&AppendBatch {
+                events,
+                ..Default::default()
+            })
+            .unwrap();
+        i += n;
+    }
+    eprintln!(
+        "filled the spool with {m} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmHWM:`, `VmRSS:`), 0 when unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
