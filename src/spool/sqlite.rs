@@ -505,14 +505,7 @@ impl Spool {
         };
         s.oldest = edge("ASC")?;
         s.newest = edge("DESC")?;
-        s.bytes = ["", "-wal", "-shm"]
-            .iter()
-            .filter_map(|suffix| {
-                let mut p = self.path.clone().into_os_string();
-                p.push(suffix);
-                std::fs::metadata(p).ok().map(|m| m.len())
-            })
-            .sum();
+        s.bytes = self.disk_bytes();
         Ok(s)
     }
 
