@@ -14,6 +14,8 @@
 //! - [`api`]: the query API (Connect ListAuditLogs, REST, export) for organization
 //!   owners: auth, page tokens, the audit of each read.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own listener.
+//! - [`integrity`]: the hash chain's encoding, signed checkpoints, keys.
+//! - [`verify`]: `audit-relay verify`, against the spool and against CloudWatch.
 //! - [`telemetry`]: the relay's own logs.
 //!
 //! Data flows `source → event → spool`; the spool is the write-ahead log: a source
@@ -26,8 +28,10 @@ pub mod api;
 pub mod config;
 pub mod event;
 pub mod forward;
+pub mod integrity;
 pub mod pipeline;
 pub mod query;
 pub mod source;
 pub mod spool;
 pub mod telemetry;
+pub mod verify;

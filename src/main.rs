@@ -5,6 +5,7 @@
 use anyhow::Context;
 use audit_relay::config::Config;
 use audit_relay::event::{format_timestamp_ms, ApiAuditLog};
+use audit_relay::integrity::Signer;
 use audit_relay::pipeline::{self, Ended};
 use audit_relay::query::{plan, QueryRequest};
 use audit_relay::spool::Spool;
@@ -63,6 +64,32 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Check the spool against its hash chain and signed checkpoints (exit 0: all holds,
+    /// 1: broken, with the first broken sequence number and what broke).
+    Verify {
+        /// First sequence number to check (starts at the checkpoint at or before it).
+        #[arg(long)]
+        from: Option<i64>,
+        /// Last sequence number to check.
+        #[arg(long)]
+        to: Option<i64>,
+        /// Public key (PEM) to check signatures with; default: the one of
+        /// integrity.signing_key_file.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Also read the log stream(s) back from CloudWatch and check them against the spool
+        /// and the checkpoints found there.
+        #[arg(long)]
+        cloudwatch: bool,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The checkpoint signing key.
+    Integrity {
+        #[command(subcommand)]
+        command: IntegrityCommand,
+    },
     /// Read one organization's events from the spool, newest first.
     Query {
         /// Organization id.
@@ -103,6 +130,13 @@ enum SpoolCommand {
 }
 
 #[derive(Subcommand)]
+enum IntegrityCommand {
+    /// Print the public key (PEM) of integrity.signing_key_file and its key id, for
+    /// auditors to verify with.
+    PublicKey,
+}
+
+#[derive(Subcommand)]
 enum QuarantineCommand {
     /// Quarantined records, newest first.
     List {
@@ -129,11 +163,16 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig => {
-            let problems = config
+            let mut problems = config
                 .api
                 .as_ref()
                 .map(audit_relay::api::check_files)
                 .unwrap_or_default();
+            if let Some(path) = &config.integrity.signing_key_file {
+                if let Err(e) = Signer::load(path) {
+                    problems.push(e.to_string());
+                }
+            }
             if problems.is_empty() {
                 println!("{}", config.summary());
                 Ok(ExitCode::SUCCESS)
@@ -146,6 +185,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => run(config),
+        Command::Verify {
+            from,
+            to,
+            public_key,
+            cloudwatch,
+            json,
+        } => verify(&config, from, to, public_key, cloudwatch, json),
+        Command::Integrity {
+            command: IntegrityCommand::PublicKey,
+        } => public_key(&config),
         Command::Replay { from, to } => replay(config, &from, &to),
         Command::Spool {
             command: SpoolCommand::Stats { json },
@@ -269,6 +318,73 @@ async fn wait_for_signal() {
     }
 }
 
+fn public_key(config: &Config) -> anyhow::Result<ExitCode> {
+    let Some(path) = &config.integrity.signing_key_file else {
+        eprintln!("audit-relay: integrity.signing_key_file is not set. Create a key with\n  openssl genpkey -algorithm ed25519 -out /etc/audit-relay/signing.pem && chmod 600 /etc/audit-relay/signing.pem\nand set integrity.signing_key_file to its path.");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let key = Signer::load(path)?.public_key();
+    print!("{}", key.to_pem());
+    eprintln!("key id {}", key.key_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(
+    config: &Config,
+    from: Option<i64>,
+    to: Option<i64>,
+    public_key: Option<PathBuf>,
+    cloudwatch: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use audit_relay::verify;
+    let public_key = match (&public_key, &config.integrity.signing_key_file) {
+        (Some(p), _) => Some(audit_relay::integrity::PublicKey::load(p)?),
+        (None, Some(k)) => Some(Signer::load(k)?.public_key()),
+        (None, None) => None,
+    };
+    let spool = Spool::open_read_only(&config.spool.dir)?;
+    let opts = verify::Options {
+        from,
+        to,
+        public_key,
+    };
+    let report = verify::verify_spool(&spool, &opts)?;
+    let mut ok = report.ok();
+    let cw_report = if cloudwatch {
+        let Some(cw) = config.cloudwatch.clone().filter(|c| c.enabled) else {
+            eprintln!("audit-relay: verify --cloudwatch needs an enabled [cloudwatch] section in the config");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let r = rt.block_on(audit_relay::verify::cloudwatch::verify(&cw, &spool, &opts))?;
+        ok &= r.ok();
+        Some(r)
+    } else {
+        None
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": ok, "spool": report, "cloudwatch": cw_report })
+        );
+    } else {
+        print!("{report}");
+        if let Some(r) = &cw_report {
+            print!("{r}");
+        }
+        println!("{}", if ok { "OK" } else { "BROKEN" });
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let cursors = audit_relay::forward::cursor_names(config.cloudwatch.as_ref());
     let s = Spool::open_read_only(&config.spool.dir)?.stats_for(&cursors)?;
@@ -293,6 +409,10 @@ fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "rejected     {} (kept in the spool, not in CloudWatch)",
             s.rejected
+        );
+        println!(
+            "checkpoints  {} (integrity; rows of their own, in the sequence)",
+            s.checkpoints
         );
         println!("oldest       {}", s.oldest.as_deref().unwrap_or("-"));
         println!("newest       {}", s.newest.as_deref().unwrap_or("-"));

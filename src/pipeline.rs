@@ -11,8 +11,9 @@ use crate::admin::{self, Health};
 use crate::api;
 use crate::config::Config;
 use crate::forward::{self, forwarder::ForwardHealth};
+use crate::integrity::Signer;
 use crate::source::{stdin, tail::FileSource, Collector};
-use crate::spool::{AppendBatch, ProgressInbox, Spool, SpoolWriter, WriterOptions};
+use crate::spool::{AppendBatch, ProgressInbox, Spool, SpoolWriter, Upkeep, WriterOptions};
 use anyhow::{anyhow, Context};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -129,13 +130,34 @@ async fn run_pipeline(
         interval: config.spool.commit_interval.0,
         max_bytes: config.spool.max_bytes.0,
     };
+    let signer = match &config.integrity.signing_key_file {
+        Some(path) => Some(Arc::new(Signer::load(path)?)),
+        None => {
+            tracing::warn!("integrity.signing_key_file is not set: checkpoints are not signed, so a deliberate rewrite of the spool would not be detected");
+            None
+        }
+    };
+    let upkeep = Upkeep {
+        signer,
+        checkpoint_every: config.integrity.checkpoint_every,
+        checkpoint_interval: config.integrity.checkpoint_interval.0,
+        retention: std::time::Duration::from_secs(config.spool.retention_days as u64 * 86_400),
+        forward_cursors: config
+            .cloudwatch
+            .as_ref()
+            .filter(|c| c.enabled)
+            .map(|c| forward::cursor_names(Some(c))),
+        purge_check: std::time::Duration::from_secs(60),
+        purge_chunk: 2_000,
+    };
     let mut writer = {
         let stop = writer_stop.clone();
         let inbox = progress.clone();
         let health = health.clone();
         health.writer_running.store(true, Ordering::Relaxed);
         spawn_thread("spool-writer", move || {
-            let r = SpoolWriter::new(spool, opts, inbox, health.spool_full.clone()).run(rx, stop);
+            let r = SpoolWriter::new(spool, opts, upkeep, inbox, health.spool_full.clone())
+                .run(rx, stop);
             health.writer_running.store(false, Ordering::Relaxed);
             r
         })

@@ -10,10 +10,11 @@ mod common;
 
 use common::gen::{self, Gen};
 use common::moto::{
-    assert_same_sequence, configure, forward_state, now_ms, rejected_rows, spool_order,
-    start_relay, wait_forwarded, Moto, HOSTNAME,
+    assert_checkpoints_forwarded, assert_only_shutdown_checkpoint_unforwarded,
+    assert_same_sequence, checkpoint_messages, configure, event_ids, now_ms, rejected_rows,
+    spool_checkpoints, spool_order, start_relay, wait_all_forwarded, Moto, HOSTNAME,
 };
-use common::proxy::{assert_cloudwatch_rules, call_bytes, Faults, Outcome, Proxy};
+use common::proxy::{assert_cloudwatch_rules, call_bytes, is_checkpoint, Faults, Outcome, Proxy};
 use common::{append_to, write_lines, Harness};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ fn lines(g: &mut Gen, t0: i64, first: usize, n: usize, tie: usize) -> (Vec<Strin
 fn spool_rows(h: &Harness) -> Vec<(i64, i64, String)> {
     let c = h.db().expect("spool exists");
     let mut stmt = c
-        .prepare("SELECT seq, ts_ms, body FROM events ORDER BY seq")
+        .prepare("SELECT seq, ts_ms, body FROM events WHERE org != 0 ORDER BY seq")
         .unwrap();
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -70,15 +71,21 @@ fn hundred_thousand_events_arrive_once_in_spool_order() {
         write_lines(&mut f, &ls);
         written.extend(ids);
     }
-    wait_forwarded(&h, &mut relay, TOTAL as i64, Duration::from_secs(300));
+    wait_all_forwarded(&h, &mut relay, TOTAL as u64, Duration::from_secs(300));
     let forwarded_in = started.elapsed();
     relay.terminate();
 
+    // Every event forwarded; past the cursor at most the shutdown checkpoint.
+    let (last, cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
+    let checkpoints = spool_checkpoints(&h);
     let stats = h.stats();
     assert_eq!(stats["events"], TOTAL as u64, "{stats}");
-    assert_eq!(stats["last_seq"], TOTAL as u64, "{stats}");
-    assert_eq!(stats["forwarded_seq"], stats["last_seq"], "{stats}");
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
+    assert_eq!(
+        stats["last_seq"],
+        (TOTAL + checkpoints.len()) as u64,
+        "sequence numbers are the events' and the checkpoints': {stats}"
+    );
+    assert_eq!(stats["checkpoints"], checkpoints.len() as u64, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
 
     let rows = spool_rows(&h);
@@ -89,14 +96,54 @@ fn hundred_thousand_events_arrive_once_in_spool_order() {
     );
 
     let cw = moto.events(GROUP, HOSTNAME);
-    let cw_ids: Vec<String> = cw.iter().map(|e| e.id()).collect();
+    let cw_ids = event_ids(&cw);
     assert_same_sequence(&cw_ids, &spool_ids, "100,000 events");
-    for (e, (seq, ts, body)) in cw.iter().zip(&rows) {
+    let cw_events: Vec<_> = cw.iter().filter(|e| !e.is_checkpoint()).collect();
+    for (e, (seq, ts, body)) in cw_events.iter().zip(&rows) {
         assert_eq!(e.timestamp, *ts, "CloudWatch timestamp of seq {seq}");
         assert_eq!(
             e.json(),
             json(body),
             "message of seq {seq} is the event JSON"
+        );
+    }
+    // The checkpoints: each forwarded one once, in sequence order, as stored; each covers
+    // the row before it, and its chain head is that row's hash.
+    let cw_checkpoints = assert_checkpoints_forwarded(&h, &cw, cursor, &[], "100,000 events");
+    assert_eq!(
+        cw_checkpoints,
+        checkpoints.len() - (last - cursor) as usize,
+        "every checkpoint but the shutdown one is in CloudWatch"
+    );
+    // checkpoint_every = 10,000 (the default): with 100,000 events some commit wrote one
+    // before the last events, so it was forwarded with them.
+    assert!(cw_checkpoints >= 1, "no checkpoint was forwarded");
+    let hash_of = |seq: i64| -> Vec<u8> {
+        h.db()
+            .unwrap()
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap_or_else(|e| panic!("row {seq}: {e}"))
+    };
+    for (m, row) in checkpoint_messages(&cw).iter().zip(&checkpoints) {
+        let j = m.json();
+        assert_eq!(
+            j["sequence"],
+            row.seq - 1,
+            "checkpoint row {}: {j}",
+            row.seq
+        );
+        let hex: String = hash_of(row.seq - 1)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            j["chainHead"].as_str(),
+            Some(hex.as_str()),
+            "checkpoint row {}: the chain head is the hash of row {}",
+            row.seq,
+            row.seq - 1
         );
     }
 
@@ -110,8 +157,19 @@ fn hundred_thousand_events_arrive_once_in_spool_order() {
     assert!(calls
         .iter()
         .all(|c| c.group == GROUP && c.stream == HOSTNAME));
-    let sent: usize = calls.iter().map(|c| c.events.len()).sum();
-    assert_eq!(sent, TOTAL, "no event was sent twice");
+    let (sent_checkpoints, sent): (Vec<usize>, Vec<usize>) = calls
+        .iter()
+        .map(|c| {
+            let k = c.events.iter().filter(|(_, m)| is_checkpoint(m)).count();
+            (k, c.events.len() - k)
+        })
+        .unzip();
+    assert_eq!(sent.iter().sum::<usize>(), TOTAL, "no event was sent twice");
+    assert_eq!(
+        sent_checkpoints.iter().sum::<usize>(),
+        cw_checkpoints,
+        "no checkpoint was sent twice"
+    );
     let mut sizes: Vec<usize> = calls.iter().map(|c| c.events.len()).collect();
     sizes.sort_unstable();
     let median = sizes[sizes.len() / 2];
@@ -144,12 +202,8 @@ fn deleted_log_group_is_recreated_and_nothing_is_lost() {
 
     let (before, ls) = lines(&mut g, t0, 0, 300, 100);
     write_lines(&mut f, &ls);
-    wait_forwarded(&h, &mut relay, 300, Duration::from_secs(30));
-    let cw: Vec<String> = moto
-        .events(GROUP, HOSTNAME)
-        .iter()
-        .map(|e| e.id())
-        .collect();
+    wait_all_forwarded(&h, &mut relay, 300, Duration::from_secs(30));
+    let cw = event_ids(&moto.events(GROUP, HOSTNAME));
     assert_same_sequence(&cw, &before, "before the deletion");
 
     moto.delete_group(GROUP);
@@ -158,7 +212,7 @@ fn deleted_log_group_is_recreated_and_nothing_is_lost() {
 
     let (after, ls) = lines(&mut g, t0, 300, 300, 100);
     write_lines(&mut f, &ls);
-    wait_forwarded(&h, &mut relay, 600, Duration::from_secs(60));
+    wait_all_forwarded(&h, &mut relay, 600, Duration::from_secs(60));
     relay.terminate();
 
     assert!(
@@ -167,11 +221,7 @@ fn deleted_log_group_is_recreated_and_nothing_is_lost() {
     );
     // The events sent before went with the group; every one written after arrives once,
     // in order.
-    let cw: Vec<String> = moto
-        .events(GROUP, HOSTNAME)
-        .iter()
-        .map(|e| e.id())
-        .collect();
+    let cw = event_ids(&moto.events(GROUP, HOSTNAME));
     assert_same_sequence(&cw, &after, "after the deletion");
 
     let calls = proxy.calls();
@@ -183,9 +233,9 @@ fn deleted_log_group_is_recreated_and_nothing_is_lost() {
             .any(|c| c.outcome == Outcome::Passed(400)),
         "no call met the missing group (ResourceNotFoundException): the test did not exercise it"
     );
+    assert_only_shutdown_checkpoint_unforwarded(&h);
     let stats = h.stats();
-    assert_eq!(stats["forwarded_seq"], 600, "{stats}");
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
+    assert_eq!(stats["events"], 600, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
 }
 
@@ -231,7 +281,7 @@ fn too_old_too_new_and_oversize_events() {
 
     let mut relay = start_relay(&h);
     write_lines(&mut append_to(&h.log("server.log")), &ls);
-    wait_forwarded(&h, &mut relay, 33, Duration::from_secs(30));
+    wait_all_forwarded(&h, &mut relay, 33, Duration::from_secs(30));
     relay.terminate();
 
     let seq_of: HashMap<String, i64> = spool_order(&h)
@@ -242,8 +292,7 @@ fn too_old_too_new_and_oversize_events() {
     let stats = h.stats();
     assert_eq!(stats["events"], 33, "{stats}");
     assert_eq!(stats["rejected"], 2, "{stats}");
-    assert_eq!(stats["forwarded_seq"], 33, "{stats}");
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
+    let (_, cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
     assert_eq!(
         rejected_rows(&h),
         vec![
@@ -254,8 +303,9 @@ fn too_old_too_new_and_oversize_events() {
     assert!(h.body(&old.id).is_some() && h.body(&new.id).is_some());
 
     let cw = moto.events(GROUP, HOSTNAME);
+    assert_checkpoints_forwarded(&h, &cw, cursor, &[], "too old, too new, oversize");
     let mut by_id: HashMap<String, (i64, Value)> = HashMap::new();
-    for e in &cw {
+    for e in cw.iter().filter(|e| !e.is_checkpoint()) {
         let prev = by_id.insert(e.id(), (e.timestamp, e.json()));
         assert!(prev.is_none(), "{} arrived twice", e.id());
     }
@@ -302,7 +352,11 @@ fn too_old_too_new_and_oversize_events() {
             assert!(!m.contains(&old.id) && !m.contains(&new.id));
         }
     }
-    assert_eq!(forward_state(&h), (33, 33));
+    let last_event = seq_of.values().copied().max().unwrap();
+    assert!(
+        cursor >= last_event,
+        "the cursor ({cursor}) moved past every event, the rejected ones too (last {last_event})"
+    );
 }
 
 #[test]
@@ -314,19 +368,28 @@ fn static_fields_appear_in_every_message() {
         &h,
         &proxy.endpoint(),
         GROUP,
-        &["[cloudwatch.static_fields]", "cluster = \"eu-1\""],
+        &[
+            "[cloudwatch.static_fields]",
+            "cluster = \"eu-1\"",
+            // Checkpoints while running (50 events), so that some are forwarded too.
+            "[integrity]",
+            "checkpoint_every = 10",
+        ],
     );
     let mut g = Gen::new(14);
     let (ids, ls) = lines(&mut g, now_ms() - 60_000, 0, 50, 10);
     let mut relay = start_relay(&h);
     write_lines(&mut append_to(&h.log("server.log")), &ls);
-    wait_forwarded(&h, &mut relay, 50, Duration::from_secs(30));
+    wait_all_forwarded(&h, &mut relay, 50, Duration::from_secs(30));
     relay.terminate();
+    let (_, cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
 
     let cw = moto.events(GROUP, HOSTNAME);
-    let cw_ids: Vec<String> = cw.iter().map(|e| e.id()).collect();
-    assert_same_sequence(&cw_ids, &ids, "static fields");
-    for e in &cw {
+    assert_same_sequence(&event_ids(&cw), &ids, "static fields");
+    // Checkpoints are messages like any other: the static field is in them too.
+    let checkpoints = assert_checkpoints_forwarded(&h, &cw, cursor, &["cluster"], "static fields");
+    assert!(checkpoints >= 1, "no checkpoint was forwarded");
+    for e in cw.iter().filter(|e| !e.is_checkpoint()) {
         let mut m = e.json();
         assert_eq!(
             m["cluster"], "eu-1",

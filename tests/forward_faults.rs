@@ -8,11 +8,13 @@ mod common;
 
 use common::gen::{self, Gen};
 use common::moto::{
-    assert_same_sequence, configure, forward_state, spool_order, start_relay, wait_forwarded, Moto,
-    HOSTNAME,
+    assert_checkpoints_forwarded, assert_only_shutdown_checkpoint_unforwarded,
+    assert_same_sequence, configure, event_ids, forward_state, spool_checkpoints, spool_order,
+    start_relay, wait_all_forwarded, Moto, HOSTNAME,
 };
 use common::proxy::{
-    assert_cloudwatch_rules, assert_retries_identical, message_id, Faults, Mode, Outcome, Proxy,
+    assert_cloudwatch_rules, assert_retries_identical, checkpoint_key, message_key, Faults, Mode,
+    Outcome, Proxy,
 };
 use common::{append_to, write_lines, Harness};
 use std::collections::HashMap;
@@ -42,13 +44,6 @@ fn seed() -> u64 {
         });
     eprintln!("AUDIT_RELAY_TEST_SEED={seed}");
     seed
-}
-
-fn ids_of(moto: &Moto) -> Vec<String> {
-    moto.events(GROUP, HOSTNAME)
-        .iter()
-        .map(|e| e.id())
-        .collect()
 }
 
 #[test]
@@ -107,26 +102,40 @@ fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
         }
         writer.join().expect("writer thread")
     });
-    let mid_stream = cursor_at_kill.iter().filter(|c| **c < TOTAL as i64).count();
-    assert!(
-        mid_stream >= 2,
-        "only {mid_stream} kills landed while forwarding was behind: {cursor_at_kill:?}"
-    );
 
     let mut relay = start_relay(&h);
-    wait_forwarded(&h, &mut relay, TOTAL as i64, Duration::from_secs(120));
+    wait_all_forwarded(&h, &mut relay, TOTAL as u64, Duration::from_secs(120));
     relay.terminate();
 
+    // Every event forwarded; past the cursor at most the shutdown checkpoint.
+    let (last, final_cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
+    let checkpoints = spool_checkpoints(&h);
     let stats = h.stats();
     assert_eq!(stats["events"], TOTAL as u64, "{stats}");
-    assert_eq!(stats["forwarded_seq"], stats["last_seq"], "{stats}");
-    assert_eq!(stats["last_seq"], TOTAL as u64, "{stats}");
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
+    assert_eq!(
+        last,
+        (TOTAL + checkpoints.len()) as i64,
+        "sequence numbers are the events' and the checkpoints': {stats}"
+    );
     assert_eq!(stats["rejected"], 0, "{stats}");
     let order = spool_order(&h);
     let spool_ids: Vec<String> = order.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(spool_ids, written);
-    let seq_of: HashMap<&str, i64> = order.iter().map(|(s, id)| (id.as_str(), *s)).collect();
+    // Every message's key (event id, or checkpoint@covered sequence) and its row.
+    let mut seq_of: HashMap<String, i64> = order.iter().map(|(s, id)| (id.clone(), *s)).collect();
+    for c in &checkpoints {
+        seq_of.insert(checkpoint_key(c.seq - 1), c.seq);
+    }
+    // Events forwarded when each kill landed (the cursor also counts checkpoints).
+    let events_at_kill: Vec<usize> = cursor_at_kill
+        .iter()
+        .map(|c| order.iter().filter(|(s, _)| s <= c).count())
+        .collect();
+    let mid_stream = events_at_kill.iter().filter(|n| **n < TOTAL).count();
+    assert!(
+        mid_stream >= 2,
+        "only {mid_stream} kills landed while forwarding was behind: events forwarded at each kill {events_at_kill:?}"
+    );
 
     let calls = proxy.calls();
     assert_cloudwatch_rules(&calls);
@@ -145,24 +154,42 @@ fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
     );
 
     // Every id present; the first occurrence of each id in spool order.
-    let cw = ids_of(&moto);
+    let cw_all = moto.events(GROUP, HOSTNAME);
+    let cw: Vec<String> = cw_all.iter().map(|e| message_key(&e.message)).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut first = Vec::with_capacity(TOTAL);
-    for id in &cw {
-        let n = seen.entry(id.as_str()).or_default();
+    let mut first_checkpoints = Vec::new();
+    for (key, e) in cw.iter().zip(&cw_all) {
+        let n = seen.entry(key.as_str()).or_default();
         if *n == 0 {
-            first.push(id.clone());
+            if e.is_checkpoint() {
+                first_checkpoints.push(e.clone());
+            } else {
+                first.push(key.clone());
+            }
         }
         *n += 1;
     }
     assert_same_sequence(&first, &spool_ids, "first occurrences in CloudWatch");
+    // Likewise every forwarded checkpoint, in sequence order, as stored.
+    let cw_checkpoints = assert_checkpoints_forwarded(
+        &h,
+        &first_checkpoints,
+        final_cursor,
+        &[],
+        "first occurrences of checkpoints in CloudWatch",
+    );
+    eprintln!(
+        "{} checkpoints in the spool, {cw_checkpoints} forwarded",
+        checkpoints.len()
+    );
 
     // Where each id was stored: (call, epoch, outcome), in order.
     let mut stored: HashMap<String, Vec<(usize, u32, Outcome)>> = HashMap::new();
     for c in calls.iter().filter(|c| c.outcome.stored()) {
         for (_, m) in &c.events {
             stored
-                .entry(message_id(m))
+                .entry(message_key(m))
                 .or_default()
                 .push((c.n, c.epoch, c.outcome));
         }
@@ -181,12 +208,12 @@ fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
             .iter()
             .filter(|c| c.epoch as usize == e && c.outcome.stored())
             .flat_map(|c| &c.events)
-            .map(|(_, m)| message_id(m))
+            .map(|(_, m)| message_key(m))
             .filter(|id| seq_of[id.as_str()] > *cursor)
             .collect::<std::collections::HashSet<_>>()
             .len();
         eprintln!(
-            "kill {}: {uncommitted} events stored past the saved cursor {cursor}",
+            "kill {}: {uncommitted} messages stored past the saved cursor {cursor}",
             e + 1
         );
     }
@@ -195,7 +222,7 @@ fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
         .filter(|c| matches!(c.outcome, Outcome::Dropped(_)))
         .map(|c| c.events.len())
         .sum();
-    eprintln!("{lost} events in calls whose answer was lost");
+    eprintln!("{lost} messages in calls whose answer was lost");
     // Each extra copy is explained: its call's answer was lost, or the relay was killed
     // before it saved the cursor past it (and only then re-sent after the restart). The
     // cursor is saved within a group commit (tens of ms) of the answer, so such a call
@@ -224,7 +251,7 @@ fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
         }
     }
     eprintln!(
-        "{} events in CloudWatch, {duplicate_ids} ids more than once; test took {:?}",
+        "{} messages in CloudWatch, {duplicate_ids} ids more than once; test took {:?}",
         cw.len(),
         started.elapsed()
     );
@@ -256,7 +283,9 @@ fn emulator_outage_keeps_ingesting_and_drains_the_backlog() {
 
     let (mut written, ls) = lines(&mut g, t0, 0, 1000, 200);
     write_lines(&mut f, &ls);
-    wait_forwarded(&h, &mut relay, 1000, Duration::from_secs(30));
+    // Nothing adds a row until more events come (no checkpoint is due: 1,000 events and
+    // far less than checkpoint_interval), so the cursor stays here.
+    let (_, before) = wait_all_forwarded(&h, &mut relay, 1000, Duration::from_secs(30));
 
     proxy.set_mode(Mode::Down);
     let down = Instant::now();
@@ -275,10 +304,20 @@ fn emulator_outage_keeps_ingesting_and_drains_the_backlog() {
         || h.count() >= n as u64,
     );
     let (last, fwd) = forward_state(&h);
-    assert_eq!(last, n as i64, "ingest went on during the outage");
-    assert_eq!(fwd, 1000, "nothing can be forwarded during the outage");
+    let order = spool_order(&h);
+    assert_eq!(order.len(), n, "ingest went on during the outage");
+    assert!(
+        last >= n as i64,
+        "last_seq {last} below the {n} events stored"
+    );
+    assert_eq!(fwd, before, "nothing can be forwarded during the outage");
+    assert_eq!(
+        order.iter().filter(|(s, _)| *s > fwd).count(),
+        n - 1000,
+        "every event written during the outage waits past the cursor"
+    );
     let stats = h.stats();
-    assert_eq!(stats["unforwarded"], n as u64 - 1000, "{stats}");
+    assert_eq!(stats["unforwarded"], (last - before) as u64, "{stats}");
     assert!(
         proxy.refused() >= 5,
         "the relay kept trying during the outage ({} connections refused)",
@@ -288,17 +327,20 @@ fn emulator_outage_keeps_ingesting_and_drains_the_backlog() {
     let back = proxy.next_epoch();
     proxy.set_mode(Mode::Normal);
     let up = Instant::now();
-    wait_forwarded(&h, &mut relay, n as i64, Duration::from_secs(60));
+    wait_all_forwarded(&h, &mut relay, n as u64, Duration::from_secs(60));
     let drained = up.elapsed();
     relay.terminate();
     eprintln!("{n} events; {} backlog drained in {drained:?}", n - 1000);
 
+    let (_, cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
     let stats = h.stats();
-    assert_eq!(stats["forwarded_seq"], n as u64, "{stats}");
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
+    assert_eq!(stats["events"], n as u64, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
-    // No answer was lost, so every event arrives exactly once, in order.
-    assert_same_sequence(&ids_of(&moto), &written, "after the outage");
+    // No answer was lost, so every event arrives exactly once, in order; and so does every
+    // checkpoint forwarded.
+    let cw = moto.events(GROUP, HOSTNAME);
+    assert_same_sequence(&event_ids(&cw), &written, "after the outage");
+    assert_checkpoints_forwarded(&h, &cw, cursor, &[], "after the outage");
     let calls = proxy.calls();
     assert_cloudwatch_rules(&calls);
     // The backlog drains in full calls, oldest first.
@@ -327,7 +369,9 @@ fn permission_errors_keep_events_in_the_spool() {
 
     let (mut written, ls) = lines(&mut g, t0, 0, 200, 50);
     write_lines(&mut f, &ls);
-    wait_forwarded(&h, &mut relay, 200, Duration::from_secs(30));
+    // No checkpoint is due in this test (500 events, far less than checkpoint_interval)
+    // until the shutdown, so the rows are the events and the cursor stays here.
+    let (_, before) = wait_all_forwarded(&h, &mut relay, 200, Duration::from_secs(30));
 
     let denied = |p: &Proxy| {
         p.calls()
@@ -346,10 +390,17 @@ fn permission_errors_keep_events_in_the_spool() {
         Duration::from_secs(30),
         || denied(&proxy) >= 3,
     );
+    h.wait_events(&mut relay, 500);
     let stats = h.stats();
     assert_eq!(stats["events"], 500, "{stats}");
-    assert_eq!(stats["forwarded_seq"], 200, "{stats}");
-    assert_eq!(stats["unforwarded"], 300, "{stats}");
+    assert_eq!(stats["forwarded_seq"], before, "{stats}");
+    let last = stats["last_seq"].as_i64().unwrap();
+    assert_eq!(
+        spool_order(&h).iter().filter(|(s, _)| *s > before).count(),
+        300,
+        "the 300 new events wait past the cursor: {stats}"
+    );
+    assert_eq!(stats["unforwarded"], (last - before) as u64, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
     let log = relay.log();
     let errors: Vec<&str> = log
@@ -371,16 +422,18 @@ fn permission_errors_keep_events_in_the_spool() {
         Duration::from_secs(30),
         || denied(&proxy) >= so_far + 2,
     );
-    assert_eq!(forward_state(&h), (500, 200));
+    assert_eq!(forward_state(&h), (last, before));
     assert_eq!(h.stat("rejected"), 0);
 
     proxy.set_mode(Mode::Normal);
-    wait_forwarded(&h, &mut relay, 500, Duration::from_secs(30));
+    wait_all_forwarded(&h, &mut relay, 500, Duration::from_secs(30));
     relay.terminate();
+    let (_, cursor) = assert_only_shutdown_checkpoint_unforwarded(&h);
     let stats = h.stats();
-    assert_eq!(stats["unforwarded"], 0, "{stats}");
     assert_eq!(stats["rejected"], 0, "{stats}");
-    assert_same_sequence(&ids_of(&moto), &written, "after the permission errors");
+    let cw = moto.events(GROUP, HOSTNAME);
+    assert_same_sequence(&event_ids(&cw), &written, "after the permission errors");
+    assert_checkpoints_forwarded(&h, &cw, cursor, &[], "after the permission errors");
     let calls = proxy.calls();
     assert_cloudwatch_rules(&calls);
     assert_retries_identical(&calls);

@@ -4,7 +4,10 @@
 mod common;
 
 use common::gen::{self, Gen};
-use common::moto::{configure, now_ms, rejected_rows, start_relay, wait_forwarded, Moto, HOSTNAME};
+use common::moto::{
+    assert_only_shutdown_checkpoint_unforwarded, configure, event_ids, now_ms, rejected_rows,
+    start_relay, wait_all_forwarded, Moto, HOSTNAME,
+};
 use common::proxy::{Faults, Outcome, Proxy};
 use common::{append_to, write_lines, Harness};
 use std::time::Duration;
@@ -30,8 +33,9 @@ fn an_invalid_event_is_isolated_by_bisection_and_rejected() {
     proxy.set_poison(Some(&bad));
     write_lines(&mut append_to(&h.log("server.log")), &lines);
     let mut relay = start_relay(&h);
-    wait_forwarded(&h, &mut relay, 400, Duration::from_secs(60));
+    wait_all_forwarded(&h, &mut relay, 400, Duration::from_secs(60));
     relay.terminate();
+    assert_only_shutdown_checkpoint_unforwarded(&h);
 
     let rejected = rejected_rows(&h);
     assert_eq!(
@@ -50,11 +54,7 @@ fn an_invalid_event_is_isolated_by_bisection_and_rejected() {
     assert_eq!(h.stats()["rejected"], 1);
     assert_eq!(h.count(), 400, "the rejected event stays in the spool");
 
-    let got: Vec<String> = moto
-        .events(GROUP, HOSTNAME)
-        .iter()
-        .map(|e| e.id())
-        .collect();
+    let got = event_ids(&moto.events(GROUP, HOSTNAME));
     let want: Vec<String> = ids.iter().filter(|id| **id != bad).cloned().collect();
     assert_eq!(got, want, "every other event once, in order");
 

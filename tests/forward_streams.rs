@@ -3,7 +3,10 @@
 mod common;
 
 use common::gen::{self, Gen};
-use common::moto::{configure, now_ms, spool_order, start_relay, Moto, HOSTNAME};
+use common::moto::{
+    assert_checkpoints_forwarded, configure, event_ids, forward_state, now_ms, spool_checkpoints,
+    spool_order, start_relay, Moto, HOSTNAME,
+};
 use common::{append_to, write_lines, Harness, BIN};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -19,6 +22,26 @@ fn forwarded_seq(h: &Harness) -> i64 {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["forwarded_seq"].as_i64().unwrap()
+}
+
+/// Waits until the spool holds `events` events and `spool stats` shows forwarding (every
+/// stream's cursor) at `last_seq` (which counts checkpoint rows too); returns that cursor.
+fn wait_all_forwarded(h: &Harness, relay: &mut common::Relay, events: u64) -> i64 {
+    let mut cursor = -1;
+    h.wait_until(
+        Some(relay),
+        "every stream's cursor at last_seq",
+        Duration::from_secs(60),
+        || {
+            if h.count() < events {
+                return false;
+            }
+            let last = forward_state(h).0;
+            cursor = forwarded_seq(h);
+            cursor >= last
+        },
+    );
+    cursor
 }
 
 /// Writes `n` events a minute old (one per millisecond); returns their ids in order.
@@ -38,25 +61,45 @@ fn write_events(h: &Harness, g: &mut Gen, n: usize) -> Vec<String> {
 fn organizations_spread_over_streams_and_each_keeps_its_order() {
     let moto = Moto::start();
     let h = Harness::new();
-    configure(&h, &moto.endpoint(), GROUP, &["streams = 3"]);
+    configure(
+        &h,
+        &moto.endpoint(),
+        GROUP,
+        // Checkpoints while running, so that every stream gets some.
+        &["streams = 3", "[integrity]", "checkpoint_every = 500"],
+    );
     let mut relay = start_relay(&h);
     let written = write_events(&h, &mut Gen::new(21), 3000);
-    h.wait_until(
-        Some(&mut relay),
-        "every stream's cursor at the last event",
-        Duration::from_secs(60),
-        || forwarded_seq(&h) == 3000,
-    );
+    let cursor = wait_all_forwarded(&h, &mut relay, 3000);
     relay.terminate();
+    // Past the cursor, at most the checkpoint written at shutdown.
+    let past: Vec<i64> = spool_order(&h)
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .filter(|seq| *seq > cursor)
+        .collect();
+    assert!(past.is_empty(), "events past the cursor {cursor}: {past:?}");
+    assert!(
+        forward_state(&h).0 - cursor <= 1,
+        "more than the shutdown checkpoint past the cursor {cursor}: {:?}",
+        forward_state(&h)
+    );
+    assert!(
+        spool_checkpoints(&h).iter().any(|c| c.seq <= cursor),
+        "no checkpoint was forwarded"
+    );
 
     let spool: Vec<String> = spool_order(&h).into_iter().map(|(_, id)| id).collect();
     assert_eq!(spool.len(), 3000);
     let mut seen = HashSet::new();
     let mut org_stream: HashMap<String, usize> = HashMap::new();
     for k in 0..3 {
-        let events = moto.events(GROUP, &format!("{HOSTNAME}-{k}"));
+        let all = moto.events(GROUP, &format!("{HOSTNAME}-{k}"));
+        // Every stream has every forwarded checkpoint, once, in order.
+        assert_checkpoints_forwarded(&h, &all, cursor, &[], &format!("stream {k}"));
+        let events: Vec<_> = all.into_iter().filter(|e| !e.is_checkpoint()).collect();
         assert!(!events.is_empty(), "stream {k} is empty");
-        let ids: Vec<String> = events.iter().map(|e| e.id()).collect();
+        let ids = event_ids(&events);
         // Within a stream, events keep the spool's order.
         let pos: HashMap<&String, usize> =
             spool.iter().enumerate().map(|(i, id)| (id, i)).collect();
@@ -98,14 +141,10 @@ fn replay_sends_a_time_range_again_without_moving_the_cursor() {
         })
         .unzip();
     write_lines(&mut append_to(&h.log("server.log")), &lines);
-    h.wait_until(
-        Some(&mut relay),
-        "cursor at 500",
-        Duration::from_secs(60),
-        || forwarded_seq(&h) == 500,
-    );
+    wait_all_forwarded(&h, &mut relay, 500);
     relay.terminate();
-    assert_eq!(moto.events(GROUP, HOSTNAME).len(), 500);
+    let cursor = forwarded_seq(&h);
+    assert_eq!(event_ids(&moto.events(GROUP, HOSTNAME)).len(), 500);
 
     // Events 100..=199 (one second apart).
     let from = gen::rfc3339(t0 + 100 * 1000);
@@ -134,11 +173,11 @@ fn replay_sends_a_time_range_again_without_moving_the_cursor() {
     );
     assert!(stdout.contains("replayed 100 event(s)"), "{stdout}");
 
-    let events = moto.events(GROUP, HOSTNAME);
+    let events = event_ids(&moto.events(GROUP, HOSTNAME));
     assert_eq!(events.len(), 600);
     let mut count: HashMap<String, usize> = HashMap::new();
-    for e in &events {
-        *count.entry(e.id()).or_default() += 1;
+    for id in events {
+        *count.entry(id).or_default() += 1;
     }
     for (i, id) in ids.iter().enumerate() {
         let want = if (100..200).contains(&i) { 2 } else { 1 };
@@ -146,9 +185,10 @@ fn replay_sends_a_time_range_again_without_moving_the_cursor() {
     }
     assert_eq!(
         h.stats()["forwarded_seq"],
-        500,
+        cursor,
         "replay must not move the cursor"
     );
+    assert!(cursor >= 500, "cursor {cursor} before the 500 events");
 
     // A bad range is a usage error naming the flags.
     let out = Command::new(BIN)

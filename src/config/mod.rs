@@ -36,6 +36,9 @@ pub struct FileConfig {
     /// `[api]`: the query API; absent: not served.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// `[integrity]`: the hash chain's signed checkpoints.
+    #[serde(default)]
+    pub integrity: IntegrityConfig,
     /// The relay's own logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -157,6 +160,33 @@ pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
 }
 
+/// `[integrity]`: checkpoints of the spool's hash chain (see `docs/operations.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// Ed25519 private key, PKCS#8 PEM, as written by `openssl genpkey -algorithm ed25519`.
+    /// Absent: checkpoints are written unsigned (the chain still shows damage, but not a
+    /// deliberate rewrite).
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// A checkpoint after this many events. Default 10000.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// And at least this often, idle or not, and at shutdown. Default `"5m"`.
+    #[serde(default = "defaults::checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig {
+            signing_key_file: None,
+            checkpoint_every: defaults::checkpoint_every(),
+            checkpoint_interval: defaults::checkpoint_interval(),
+        }
+    }
+}
+
 /// `[log]`: the relay's own logs, on standard error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +240,12 @@ mod defaults {
     }
     pub fn cache_size() -> ByteSize {
         ByteSize(16 << 20)
+    }
+    pub fn checkpoint_every() -> u64 {
+        10_000
+    }
+    pub fn checkpoint_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
     }
     pub fn log_level() -> String {
         "info".to_string()
@@ -340,7 +376,11 @@ impl Config {
             self.spool.durability,
             self.spool.retention_days,
         );
-        format!("{s}, {forwarding}")
+        let integrity = match &self.integrity.signing_key_file {
+            Some(k) => format!("checkpoints signed with {}", k.display()),
+            None => "checkpoints NOT signed (to sign them, create a key with `openssl genpkey -algorithm ed25519 -out /etc/audit-relay/signing.pem` and set integrity.signing_key_file)".to_string(),
+        };
+        format!("{s}, {forwarding}, {integrity}")
     }
 }
 
@@ -436,6 +476,21 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
         "bytes",
     );
 
+    range(
+        &mut bad,
+        "integrity.checkpoint_every",
+        c.integrity.checkpoint_every,
+        1,
+        10_000_000,
+        "events",
+    );
+    range_dur(
+        &mut bad,
+        "integrity.checkpoint_interval",
+        c.integrity.checkpoint_interval,
+        1_000,
+        86_400_000,
+    );
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
         bad(
             "log.level",

@@ -170,6 +170,58 @@ impl CloudWatch {
     }
 }
 
+impl CloudWatch {
+    /// Every message of the stream, oldest first, as `(timestamp, message)` (for
+    /// `verify --cloudwatch`). A failed call is tried again a few times.
+    pub async fn read_all(&self) -> Result<Vec<(i64, String)>, String> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut attempt = 0;
+            let page = loop {
+                let r = self
+                    .client
+                    .get_log_events()
+                    .log_group_name(&self.group)
+                    .log_stream_name(&self.stream)
+                    .start_from_head(true)
+                    .set_next_token(token.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(p) => break p,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::warn!(error = %DisplayErrorContext(&e), attempt, "GetLogEvents failed; trying again");
+                        tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "reading {}/{}: {}",
+                            self.group,
+                            self.stream,
+                            DisplayErrorContext(&e)
+                        ))
+                    }
+                }
+            };
+            let events = page.events();
+            for e in events {
+                out.push((
+                    e.timestamp().unwrap_or_default(),
+                    e.message().unwrap_or_default().to_string(),
+                ));
+            }
+            let next = page.next_forward_token().map(str::to_string);
+            // The end: an empty page, or the same token again.
+            if events.is_empty() || next.is_none() || next == token {
+                return Ok(out);
+            }
+            token = next;
+        }
+    }
+}
+
 /// Expands `rejectedLogEventsInfo` into event indices: `tooNewLogEventStartIndex` is
 /// inclusive, the two end indices are exclusive (as AWS documents them).
 pub fn rejected_indices(

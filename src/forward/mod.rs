@@ -52,6 +52,17 @@ pub fn cursor_names(cfg: Option<&CloudWatchConfig>) -> Vec<String> {
     }
 }
 
+/// The log stream names of `cfg`, one per shard, templates expanded.
+pub fn stream_names(cfg: &CloudWatchConfig) -> anyhow::Result<Vec<String>> {
+    let base = expand_stream(&cfg.log_stream, &StreamVars::from_env())
+        .map_err(|e| anyhow::anyhow!("cloudwatch.log_stream: {e}"))?;
+    Ok(if cfg.streams > 1 {
+        (0..cfg.streams).map(|k| format!("{base}-{k}")).collect()
+    } else {
+        vec![base]
+    })
+}
+
 /// Builds the forwarders for `cfg` (one per stream) over the spool in `spool_dir`.
 pub async fn build_all(
     cfg: &CloudWatchConfig,
@@ -85,13 +96,7 @@ pub async fn build(
     cancel: CancellationToken,
     health: Arc<ForwardHealth>,
 ) -> anyhow::Result<Forwarder> {
-    let base = expand_stream(&cfg.log_stream, &StreamVars::from_env())
-        .map_err(|e| anyhow::anyhow!("cloudwatch.log_stream: {e}"))?;
-    let stream = if cfg.streams > 1 {
-        format!("{base}-{shard}")
-    } else {
-        base
-    };
+    let stream = stream_names(cfg)?.swap_remove(shard as usize);
     let spool = Spool::open_read_only(spool_dir).context("opening the spool for the forwarder")?;
     let cw = cloudwatch::CloudWatch::connect(cfg, stream)
         .await

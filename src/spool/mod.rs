@@ -33,11 +33,13 @@
 //!
 //! The rest of the program reaches SQLite only through [`Spool`] and [`SpoolWriter`].
 
+mod chain;
 mod sqlite;
 mod writer;
 
+pub use chain::{ChainMeta, ChainRow, PurgeRecord, PurgeStep};
 pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
-pub use writer::{ProgressInbox, SpoolWriter, WriterOptions};
+pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
 
 use crate::event::Event;
 use crate::source::checkpoint::CheckpointUpdate;
@@ -144,6 +146,8 @@ pub struct Stats {
     pub forwarded: u64,
     /// Events CloudWatch will not take (too old, too new, invalid); kept in the spool.
     pub rejected: u64,
+    /// Integrity checkpoints written (rows of their own, counted in `last_seq`).
+    pub checkpoints: u64,
     /// RFC 3339 of the oldest / newest event, if any.
     pub oldest: Option<String>,
     pub newest: Option<String>,

@@ -3,6 +3,7 @@
 use super::{AppendBatch, CommitReport, ForwardProgress, QuarantineEntry, Stats, StoredEvent};
 use crate::config::Durability;
 use crate::event::format_timestamp_ms;
+use crate::integrity::{chain_hash, Canonical};
 use crate::query::Query;
 use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
 use crate::source::framing::{Resume, ResumeMode};
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The on-disk format version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// WAL size (in pages) at which a commit also checkpoints the WAL into the database.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// File name of the database inside `spool.dir`.
@@ -35,17 +36,20 @@ pub enum SpoolError {
 /// A handle on the spool: one writer ([`Spool::open`]) or any number of readers
 /// ([`Spool::open_read_only`]).
 pub struct Spool {
-    conn: Connection,
+    pub(super) conn: Connection,
     path: PathBuf,
-    /// Writer state: organization keys, counters not yet committed, next sequence.
+    /// Writer state: organization keys, counters not yet committed, next sequence, and
+    /// the chain hash of the last stored row.
     orgs: HashMap<String, i64>,
-    last_seq: i64,
-    pending: Counters,
+    pub(super) last_seq: i64,
+    pub(super) head: [u8; 32],
+    pub(super) pending: Counters,
     in_txn: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Counters {
+pub(super) struct Counters {
+    pub(super) checkpoints: u64,
     forwarded: u64,
     rejected: u64,
     events: u64,
@@ -65,7 +69,8 @@ CREATE TABLE IF NOT EXISTS events(
     org INTEGER NOT NULL,
     actor TEXT NOT NULL,
     action TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    hash BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_ts_id ON events(ts_ms, id);
 CREATE INDEX IF NOT EXISTS events_org_ts ON events(org, ts_ms);
@@ -96,12 +101,21 @@ CREATE TABLE IF NOT EXISTS rejected(
     detail TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purges(
+    pid INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    through_seq INTEGER NOT NULL,
+    anchor_seq INTEGER NOT NULL,
+    anchor_head BLOB NOT NULL
+);
+INSERT OR IGNORE INTO orgs(org, organization_id) VALUES (0, '');
 ";
 
 /// The cursor name of the (single) CloudWatch forwarder.
 pub const FORWARD_CURSOR: &str = "cloudwatch";
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
@@ -124,7 +138,7 @@ impl Spool {
         // copied into the database once per checkpoint (docs/benchmarks.md).
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version != 0 && version != SCHEMA_VERSION && version != 1 {
+        if version != 0 && version != SCHEMA_VERSION && version != 1 && version != 2 {
             return Err(SpoolError::Version {
                 path,
                 found: version,
@@ -137,7 +151,15 @@ impl Spool {
             )?;
             tracing::info!(path = %path.display(), "spool upgraded from format 1 to 2");
         }
+        if version == 1 || version == 2 {
+            // Version 3 added the hash chain.
+            conn.execute_batch("ALTER TABLE events ADD COLUMN hash BLOB")?;
+        }
         conn.execute_batch(SCHEMA)?;
+        if version == 1 || version == 2 {
+            super::chain::hash_existing(&conn)?;
+            tracing::info!(path = %path.display(), "spool upgraded to format 3: hash chain computed over the stored events");
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let mut spool = Spool::wrap(conn, path);
         spool.last_seq = spool
@@ -147,6 +169,7 @@ impl Spool {
             })
             .optional()?
             .unwrap_or(0);
+        spool.head = super::chain::stored_head(&spool.conn)?;
         let mut stmt = spool
             .conn
             .prepare("SELECT organization_id, org FROM orgs")?;
@@ -189,6 +212,7 @@ impl Spool {
             path,
             orgs: HashMap::new(),
             last_seq: 0,
+            head: crate::integrity::GENESIS,
             pending: Counters::default(),
             in_txn: false,
         }
@@ -255,7 +279,7 @@ impl Spool {
         let mut report = CommitReport::default();
         {
             let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for ev in &batch.events {
                 let org = match self.orgs.get(&ev.organization_id) {
@@ -275,6 +299,18 @@ impl Spool {
                     }
                 };
                 let seq = self.last_seq + 1;
+                let hash = chain_hash(
+                    &self.head,
+                    &Canonical {
+                        seq,
+                        ts_ms: ev.ts_ms,
+                        id: ev.id.as_bytes(),
+                        organization_id: &ev.organization_id,
+                        actor: &ev.actor_id,
+                        action: &ev.action,
+                        body: &ev.body,
+                    },
+                );
                 let n = insert.execute(params![
                     seq,
                     ev.ts_ms,
@@ -282,10 +318,12 @@ impl Spool {
                     org,
                     ev.actor_id,
                     ev.action,
-                    ev.body
+                    ev.body,
+                    hash.as_slice()
                 ])?;
                 if n == 1 {
                     self.last_seq = seq;
+                    self.head = hash;
                     report.stored += 1;
                 } else {
                     report.duplicates += 1;
@@ -422,6 +460,7 @@ impl Spool {
                 "INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             )?;
             for (name, v) in [
+                ("checkpoints", p.checkpoints),
                 ("forwarded", p.forwarded),
                 ("rejected", p.rejected),
                 ("events", p.events),
@@ -436,12 +475,18 @@ impl Spool {
             }
         }
         self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?1)",
-            [self.last_seq],
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?1), ('chain_head', ?2)",
+            params![self.last_seq, self.head.as_slice()],
         )?;
         self.conn.execute_batch("COMMIT")?;
         self.in_txn = false;
         Ok(())
+    }
+
+    /// Forgets the open transaction after a rollback.
+    pub(super) fn end_txn(&mut self) {
+        self.in_txn = false;
+        self.pending = Counters::default();
     }
 
     /// Appends one batch in its own transaction.
@@ -475,6 +520,7 @@ impl Spool {
                 "quarantined" => s.quarantined = v,
                 "forwarded" => s.forwarded = v,
                 "rejected" => s.rejected = v,
+                "checkpoints" => s.checkpoints = v,
                 _ => {}
             }
         }
@@ -499,7 +545,8 @@ impl Spool {
             .map(|ts| ((now_ms() - ts).max(0) / 1000) as u64)
             .unwrap_or(0);
         let edge = |order: &str| -> Result<Option<String>, SpoolError> {
-            let sql = format!("SELECT ts_ms FROM events ORDER BY ts_ms {order} LIMIT 1");
+            let sql =
+                format!("SELECT ts_ms FROM events WHERE org != 0 ORDER BY ts_ms {order} LIMIT 1");
             let v: Option<i64> = self.conn.query_row(&sql, [], |r| r.get(0)).optional()?;
             Ok(v.map(format_timestamp_ms))
         };
@@ -606,7 +653,7 @@ impl Spool {
     pub fn ids(&self) -> Result<Vec<(i64, uuid::Uuid)>, SpoolError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, id FROM events ORDER BY seq")?;
+            .prepare("SELECT seq, id FROM events WHERE org != 0 ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
             let b: Vec<u8> = r.get(1)?;
             Ok((r.get(0)?, uuid::Uuid::from_slice(&b).unwrap_or_default()))

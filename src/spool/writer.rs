@@ -4,7 +4,8 @@
 //! whichever first, and when the sources are gone (shutdown). The channel it reads is
 //! bounded, so a slow disk slows the sources instead of growing memory.
 
-use super::{AppendBatch, ForwardProgress, Spool, SpoolError};
+use super::{AppendBatch, CommitReport, ForwardProgress, Spool, SpoolError};
+use crate::integrity::Signer;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,52 @@ pub struct WriterOptions {
     pub max_bytes: u64,
 }
 
+/// Checkpoints and retention: the writer does them between its group commits, so the
+/// spool keeps a single writer.
+#[derive(Debug, Clone)]
+pub struct Upkeep {
+    /// Signs checkpoints; `None`: checkpoints are stored unsigned.
+    pub signer: Option<Arc<Signer>>,
+    /// A checkpoint after this many stored events...
+    pub checkpoint_every: u64,
+    /// ...and at least this often (idle or not), and at shutdown when events are uncovered.
+    pub checkpoint_interval: Duration,
+    /// `spool.retention_days`.
+    pub retention: Duration,
+    /// The forwarding cursors retention waits for; `None` when nothing forwards
+    /// (`cloudwatch` absent or disabled), so age alone decides.
+    pub forward_cursors: Option<Vec<String>>,
+    /// How often retention looks for something to purge.
+    pub purge_check: Duration,
+    /// Events deleted per purge transaction.
+    pub purge_chunk: i64,
+}
+
+impl Upkeep {
+    /// Defaults for a spool without forwarding, unsigned (tests and benches).
+    pub fn unsigned(retention_days: u64) -> Upkeep {
+        Upkeep {
+            signer: None,
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(300),
+            retention: Duration::from_secs(retention_days * 86_400),
+            forward_cursors: None,
+            purge_check: Duration::from_secs(60),
+            purge_chunk: 2_000,
+        }
+    }
+}
+
+/// A purge in progress.
+#[derive(Debug)]
+struct PurgeRun {
+    target: i64,
+    run: Option<i64>,
+    deleted: u64,
+    cutoff_ms: i64,
+    started: Instant,
+}
+
 /// Totals over the writer's life.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WriterTotals {
@@ -64,6 +111,12 @@ pub struct WriterTotals {
 pub struct SpoolWriter {
     spool: Spool,
     opts: WriterOptions,
+    upkeep: Upkeep,
+    /// Events stored since the last checkpoint, and when that was.
+    uncovered: u64,
+    last_checkpoint: Instant,
+    last_purge_check: Option<Instant>,
+    purge: Option<PurgeRun>,
     progress: ProgressInbox,
     /// Set while the spool's files are at or over `max_bytes`: sources pause.
     full: Arc<AtomicBool>,
@@ -73,12 +126,23 @@ impl SpoolWriter {
     pub fn new(
         spool: Spool,
         opts: WriterOptions,
+        upkeep: Upkeep,
         progress: ProgressInbox,
         full: Arc<AtomicBool>,
     ) -> Self {
+        // Events after the newest checkpoint (a crash before the last one) are uncovered.
+        let covered = match spool.last_checkpoint() {
+            Ok(Some((row, _))) => row,
+            _ => 0,
+        };
         SpoolWriter {
+            uncovered: (spool.last_seq() - covered).max(0) as u64,
+            last_checkpoint: Instant::now(),
+            last_purge_check: None,
+            purge: None,
             spool,
             opts,
+            upkeep,
             progress,
             full,
         }
@@ -147,11 +211,12 @@ impl SpoolWriter {
                         self.spool.begin()?;
                         open_since = Some(Instant::now());
                     }
-                    let r = self.spool.write(&batch)?;
+                    let n = batch.events.len();
+                    let r = self.write_checkpointed(batch)?;
                     totals.stored += r.stored;
                     totals.duplicates += r.duplicates;
                     totals.quarantined += r.quarantined;
-                    waiting += batch.events.len().max(1);
+                    waiting += n.max(1);
                     if waiting >= self.opts.max_events {
                         self.commit(&mut open_since, &mut waiting, &mut totals)?;
                     }
@@ -160,7 +225,23 @@ impl SpoolWriter {
                     if open_since.is_some() {
                         self.commit(&mut open_since, &mut waiting, &mut totals)?;
                     } else if stop.is_cancelled() && self.progress.is_empty() {
+                        if self.uncovered > 0 {
+                            // The shutdown checkpoint.
+                            self.spool.begin()?;
+                            self.checkpoint()?;
+                            self.spool.commit()?;
+                        }
                         return Ok(totals);
+                    } else if self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval {
+                        // Idle: a checkpoint still marks the time, so quiet hours are covered.
+                        self.spool.begin()?;
+                        self.checkpoint()?;
+                        self.spool.commit()?;
+                        self.progress
+                            .1
+                            .store(self.spool.last_seq(), Ordering::Release);
+                    } else {
+                        self.purge_tick()?;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -180,6 +261,11 @@ impl SpoolWriter {
         totals: &mut WriterTotals,
     ) -> Result<(), SpoolError> {
         let started = Instant::now();
+        if self.uncovered >= self.upkeep.checkpoint_every
+            || self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval
+        {
+            self.checkpoint()?;
+        }
         self.spool.commit()?;
         self.progress
             .1
@@ -192,6 +278,106 @@ impl SpoolWriter {
         );
         *open_since = None;
         *waiting = 0;
+        self.purge_tick()
+    }
+
+    /// Writes a batch into the open transaction with a checkpoint after every
+    /// `checkpoint_every` stored events, splitting the batch where one falls (the source
+    /// checkpoints and counters go with its last part, in the same transaction).
+    fn write_checkpointed(&mut self, mut batch: AppendBatch) -> Result<CommitReport, SpoolError> {
+        let mut total = CommitReport::default();
+        loop {
+            let room = self
+                .upkeep
+                .checkpoint_every
+                .saturating_sub(self.uncovered)
+                .max(1) as usize;
+            let last = batch.events.len() <= room;
+            let part = if last {
+                std::mem::take(&mut batch)
+            } else {
+                let rest = batch.events.split_off(room);
+                AppendBatch {
+                    events: std::mem::replace(&mut batch.events, rest),
+                    ..AppendBatch::default()
+                }
+            };
+            let r = self.spool.write(&part)?;
+            self.uncovered += r.stored;
+            total.stored += r.stored;
+            total.duplicates += r.duplicates;
+            total.quarantined += r.quarantined;
+            if self.uncovered >= self.upkeep.checkpoint_every {
+                self.checkpoint()?;
+            }
+            if last {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Adds a checkpoint to the open transaction.
+    fn checkpoint(&mut self) -> Result<(), SpoolError> {
+        let cp = self
+            .spool
+            .write_checkpoint(self.upkeep.signer.as_deref(), super::sqlite::now_ms())?;
+        tracing::debug!(
+            sequence = cp.sequence,
+            signed = cp.signed.is_some(),
+            "integrity checkpoint"
+        );
+        self.uncovered = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Retention: looks for a cut now and then, and deletes one chunk per call while a
+    /// purge runs (between group commits, so ingest keeps going).
+    fn purge_tick(&mut self) -> Result<(), SpoolError> {
+        if self.purge.is_none() {
+            if self
+                .last_purge_check
+                .is_some_and(|t| t.elapsed() < self.upkeep.purge_check)
+            {
+                return Ok(());
+            }
+            self.last_purge_check = Some(Instant::now());
+            let cutoff_ms = super::sqlite::now_ms() - self.upkeep.retention.as_millis() as i64;
+            let forwarded = match &self.upkeep.forward_cursors {
+                Some(c) => Some(self.spool.min_cursor(c)?),
+                None => None,
+            };
+            let Some(target) = self.spool.purge_target(cutoff_ms, forwarded)? else {
+                return Ok(());
+            };
+            tracing::info!(
+                through_seq = target,
+                "retention: purging events older than spool.retention_days up to the checkpoint after sequence {target}"
+            );
+            self.purge = Some(PurgeRun {
+                target,
+                run: None,
+                deleted: 0,
+                cutoff_ms,
+                started: Instant::now(),
+            });
+        }
+        let p = self.purge.as_mut().expect("a purge runs");
+        let step = self
+            .spool
+            .purge_step(p.target, self.upkeep.purge_chunk, p.cutoff_ms, p.run)?;
+        p.run = Some(step.run);
+        p.deleted += step.deleted;
+        if step.through >= p.target {
+            let p = self.purge.take().expect("a purge runs");
+            tracing::info!(
+                deleted = p.deleted,
+                through_seq = p.target,
+                purge = step.run,
+                secs = p.started.elapsed().as_secs_f64(),
+                "retention purge done; verification restarts at the checkpoint after the cut"
+            );
+        }
         Ok(())
     }
 }

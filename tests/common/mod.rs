@@ -165,8 +165,10 @@ impl Harness {
     pub fn count(&self) -> u64 {
         self.db()
             .and_then(|c| {
-                c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
-                    .ok()
+                c.query_row("SELECT count(*) FROM events WHERE org != 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .ok()
             })
             .unwrap_or(0) as u64
     }
@@ -186,16 +188,18 @@ impl Harness {
     /// `(count(*), count(DISTINCT id))` of `events`.
     pub fn counts(&self) -> (u64, u64) {
         let c = self.db().expect("spool exists");
-        c.query_row("SELECT count(*), count(DISTINCT id) FROM events", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })
+        c.query_row(
+            "SELECT count(*), count(DISTINCT id) FROM events WHERE org != 0",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
         .unwrap()
     }
 
     /// Every stored event id, as a UUID string (lowercase, hyphenated).
     pub fn ids(&self) -> Vec<String> {
         let c = self.db().expect("spool exists");
-        let mut stmt = c.prepare("SELECT id FROM events").unwrap();
+        let mut stmt = c.prepare("SELECT id FROM events WHERE org != 0").unwrap();
         let rows = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))
             .unwrap()
@@ -506,4 +510,19 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A PKCS#8 v1 PEM Ed25519 private key from 32 seed bytes (what `openssl genpkey
+/// -algorithm ed25519` writes).
+pub fn ed25519_pem(seed: [u8; 32]) -> String {
+    use base64::Engine;
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
 }

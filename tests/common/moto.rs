@@ -201,6 +201,12 @@ impl CwEvent {
             .unwrap_or_else(|e| panic!("message is not JSON ({e}): {:?}", self.message))
     }
 
+    /// Whether the message is one of the spool's integrity checkpoints
+    /// (`"type":"checkpoint"`, no `id`) rather than an audit event.
+    pub fn is_checkpoint(&self) -> bool {
+        is_checkpoint_message(&self.json())
+    }
+
     /// The `id` field of the message.
     pub fn id(&self) -> String {
         self.json()["id"]
@@ -424,11 +430,174 @@ pub fn wait_forwarded(h: &Harness, relay: &mut Relay, seq: i64, deadline: Durati
     );
 }
 
+/// Whether a parsed CloudWatch message is an integrity checkpoint: `"type":"checkpoint"`
+/// and no `id` (audit events always have an `id` and never a `type`).
+pub fn is_checkpoint_message(m: &Value) -> bool {
+    m.get("id").is_none() && m["type"] == "checkpoint"
+}
+
+/// The ids of the audit events among `cw`, in the order read back; checkpoint messages
+/// are left out (and a message that is neither fails the test).
+pub fn event_ids(cw: &[CwEvent]) -> Vec<String> {
+    cw.iter()
+        .filter(|e| !e.is_checkpoint())
+        .map(CwEvent::id)
+        .collect()
+}
+
+/// The checkpoint messages among `cw`, in the order read back.
+pub fn checkpoint_messages(cw: &[CwEvent]) -> Vec<CwEvent> {
+    cw.iter().filter(|e| e.is_checkpoint()).cloned().collect()
+}
+
+/// Waits until the spool holds at least `events` audit events and the forwarder's cursor
+/// has reached `meta.last_seq` (checkpoint rows count in both, and one may be added at
+/// any commit, so the two are read again on every poll); returns `(last_seq, cursor)`.
+pub fn wait_all_forwarded(
+    h: &Harness,
+    relay: &mut Relay,
+    events: u64,
+    deadline: Duration,
+) -> (i64, i64) {
+    let mut state = (0, 0);
+    h.wait_until(
+        Some(relay),
+        &format!("{events} events stored and the forwarded cursor at last_seq"),
+        deadline,
+        || {
+            if h.count() < events {
+                return false;
+            }
+            // last_seq first: the cursor read after it only moves forward.
+            state = forward_state(h);
+            state.1 >= state.0
+        },
+    );
+    state
+}
+
+/// A checkpoint row of the spool (`org = 0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolCheckpoint {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub body: String,
+}
+
+/// Every checkpoint row of the spool, in sequence order.
+pub fn spool_checkpoints(h: &Harness) -> Vec<SpoolCheckpoint> {
+    let c = h.db().expect("spool exists");
+    let mut stmt = c
+        .prepare("SELECT seq, ts_ms, body FROM events WHERE org = 0 ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(SpoolCheckpoint {
+                seq: r.get(0)?,
+                ts_ms: r.get(1)?,
+                body: r.get(2)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows
+}
+
+/// After the relay stopped: every audit event was forwarded, and whatever lies past the
+/// cursor is at most one checkpoint row (the one written at shutdown, after the forwarder
+/// stopped; the next run sends it). Checks `spool stats` agrees; returns
+/// `(last_seq, cursor)`.
+pub fn assert_only_shutdown_checkpoint_unforwarded(h: &Harness) -> (i64, i64) {
+    let (last, fwd) = forward_state(h);
+    let c = h.db().expect("spool exists");
+    let past: Vec<(i64, i64)> = {
+        let mut stmt = c
+            .prepare("SELECT seq, org FROM events WHERE seq > ?1 ORDER BY seq")
+            .unwrap();
+        let rows = stmt
+            .query_map([fwd], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows
+    };
+    assert!(
+        past.iter().all(|(_, org)| *org == 0),
+        "audit events left unforwarded past the cursor {fwd} (last_seq {last}): {past:?}"
+    );
+    assert!(
+        past.len() <= 1 && last - fwd == past.len() as i64,
+        "more than the shutdown checkpoint past the cursor {fwd} (last_seq {last}): {past:?}"
+    );
+    let stats = h.stats();
+    assert_eq!(stats["last_seq"], last, "{stats}");
+    assert_eq!(stats["forwarded_seq"], fwd, "{stats}");
+    assert_eq!(stats["unforwarded"], past.len() as u64, "{stats}");
+    (last, fwd)
+}
+
+/// Asserts that the checkpoint messages read back from one stream (`cw`, in the order
+/// read) are exactly the spool's checkpoint rows up to `cursor`, each once, in sequence
+/// order: same timestamp, `type` "checkpoint", and the stored body (plus `static_keys`,
+/// which the forwarder adds to every message). Returns how many there are.
+pub fn assert_checkpoints_forwarded(
+    h: &Harness,
+    cw: &[CwEvent],
+    cursor: i64,
+    static_keys: &[&str],
+    what: &str,
+) -> usize {
+    let want: Vec<SpoolCheckpoint> = spool_checkpoints(h)
+        .into_iter()
+        .filter(|c| c.seq <= cursor)
+        .collect();
+    let got = checkpoint_messages(cw);
+    let sequence = |m: &Value| -> i64 {
+        m["sequence"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{what}: checkpoint without a sequence: {m}"))
+    };
+    let got_seqs: Vec<i64> = got.iter().map(|m| sequence(&m.json())).collect();
+    let want_seqs: Vec<i64> = want
+        .iter()
+        .map(|c| sequence(&serde_json::from_str(&c.body).expect("checkpoint body is JSON")))
+        .collect();
+    assert_eq!(
+        got_seqs, want_seqs,
+        "{what}: checkpoint messages in CloudWatch (by sequence) differ from the spool's checkpoint rows up to the cursor {cursor}"
+    );
+    for (m, row) in got.iter().zip(&want) {
+        assert_eq!(
+            m.timestamp, row.ts_ms,
+            "{what}: timestamp of the checkpoint at seq {}",
+            row.seq
+        );
+        let mut j = m.json();
+        assert_eq!(j["type"], "checkpoint", "{what}: {j}");
+        let obj = j.as_object_mut().unwrap();
+        for k in static_keys {
+            assert!(
+                obj.remove(*k).is_some(),
+                "{what}: checkpoint at seq {} without the static field {k}",
+                row.seq
+            );
+        }
+        let body: Value = serde_json::from_str(&row.body).unwrap();
+        assert_eq!(
+            j, body,
+            "{what}: message of the checkpoint at seq {} is its stored body",
+            row.seq
+        );
+    }
+    got.len()
+}
+
 /// Every event id of the spool in sequence order, with its sequence number.
 pub fn spool_order(h: &Harness) -> Vec<(i64, String)> {
     let c = h.db().expect("spool exists");
     let mut stmt = c
-        .prepare("SELECT seq, id FROM events ORDER BY seq")
+        .prepare("SELECT seq, id FROM events WHERE org != 0 ORDER BY seq")
         .unwrap();
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))

@@ -526,6 +526,32 @@ pub fn assert_retries_identical(calls: &[PutCall]) {
     }
 }
 
+/// Whether a message is an integrity checkpoint (`"type":"checkpoint"`, no `id`).
+pub fn is_checkpoint(m: &str) -> bool {
+    let v: Value =
+        serde_json::from_str(m).unwrap_or_else(|e| panic!("message is not JSON ({e}): {m:?}"));
+    super::moto::is_checkpoint_message(&v)
+}
+
+/// What identifies a message: an event's `id`, or `checkpoint@<sequence>` for a
+/// checkpoint (the sequence number it covers; its own row is the next one).
+pub fn message_key(m: &str) -> String {
+    let v: Value =
+        serde_json::from_str(m).unwrap_or_else(|e| panic!("message is not JSON ({e}): {m:?}"));
+    if super::moto::is_checkpoint_message(&v) {
+        let seq = v["sequence"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("checkpoint without a sequence: {m:?}"));
+        return checkpoint_key(seq);
+    }
+    message_id(m)
+}
+
+/// The [`message_key`] of the checkpoint that covers sequence number `covered`.
+pub fn checkpoint_key(covered: i64) -> String {
+    format!("checkpoint@{covered}")
+}
+
 /// The `id` of a message.
 pub fn message_id(m: &str) -> String {
     let v: Value =

@@ -1,0 +1,348 @@
+//! Tamper evidence: a real spool written by the real relay, changed with SQL from outside
+//! the way an intruder would, must fail `audit-relay verify` at the right sequence number
+//! with the right name; the untouched spool verifies.
+
+mod common;
+
+use audit_relay::integrity::{Signer, GENESIS};
+use audit_relay::spool::Spool;
+use common::*;
+use serde_json::Value;
+
+/// A harness whose relay signs checkpoints every 100 events with a key in its directory.
+fn signed_harness() -> Harness {
+    let h = Harness::new();
+    let key = h.dir.path().join("signing.pem");
+    std::fs::write(&key, ed25519_pem([7; 32])).unwrap();
+    let text = h.config_text(&[], &[]);
+    h.write_config(&format!(
+        "{text}\n[integrity]\nsigning_key_file = {:?}\ncheckpoint_every = 100\n",
+        key.display().to_string()
+    ));
+    h
+}
+
+/// Runs the relay over `n` events and stops it (SIGTERM: the shutdown checkpoint).
+fn fill(h: &Harness, n: usize) {
+    let mut g = gen::Gen::new(5);
+    let (_, lines) = server_lines(&mut g, 0, n);
+    write_lines(&mut append_to(&h.log("a.log")), &lines);
+    let mut relay = h.start();
+    h.wait_events(&mut relay, n as u64);
+    relay.terminate();
+}
+
+/// `audit-relay verify --json` on `h`: (exit code, report).
+fn verify(h: &Harness, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["verify", "--json"];
+    args.extend_from_slice(extra);
+    let out = h.cli(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// A copy of `src`'s spool in a new harness with the same key.
+fn copy_of(src: &Harness) -> Harness {
+    let h = signed_harness();
+    std::fs::create_dir_all(&h.spool_dir).unwrap();
+    for f in ["spool.db", "spool.db-wal", "spool.db-shm"] {
+        let from = src.spool_dir.join(f);
+        if from.exists() {
+            std::fs::copy(&from, h.spool_dir.join(f)).unwrap();
+        }
+    }
+    h
+}
+
+fn db(h: &Harness) -> rusqlite::Connection {
+    rusqlite::Connection::open(h.spool_dir.join("spool.db")).unwrap()
+}
+
+/// Sequence numbers of event rows (`org != 0`) or of checkpoint rows (`org = 0`), in order.
+fn seqs(c: &rusqlite::Connection, org_test: &str) -> Vec<i64> {
+    let mut stmt = c
+        .prepare(&format!(
+            "SELECT seq FROM events WHERE org {org_test} ORDER BY seq"
+        ))
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows
+}
+
+/// Applies `tamper` to a copy of `base`, runs verify, and asserts it names `kind` at `seq`.
+fn assert_detected(
+    base: &Harness,
+    what: &str,
+    tamper: impl FnOnce(&rusqlite::Connection, &std::path::Path) -> i64,
+    kind: &str,
+) {
+    let h = copy_of(base);
+    let seq = {
+        let c = db(&h);
+        tamper(&c, &h.spool_dir)
+    };
+    let (code, report) = verify(&h, &[]);
+    assert_eq!(code, 1, "{what}: verify did not fail: {report:#}");
+    assert_eq!(report["ok"], false, "{what}: {report:#}");
+    let broken = &report["spool"]["broken"];
+    assert_eq!(broken["kind"], kind, "{what}: wrong kind: {report:#}");
+    assert_eq!(broken["seq"], seq, "{what}: wrong sequence: {report:#}");
+    // The human form names it too.
+    let out = h.cli(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("BROKEN at seq {seq} ({kind})")),
+        "{what}: {text}"
+    );
+}
+
+#[test]
+fn an_untouched_spool_verifies_and_every_kind_of_tampering_is_named() {
+    let base = signed_harness();
+    fill(&base, 1000);
+    let (code, report) = verify(&base, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    let spool = &report["spool"];
+    // 1000 events and a checkpoint per 100 (the last one at shutdown).
+    assert_eq!(spool["rows"], 1010, "{report:#}");
+    assert_eq!(spool["checkpoints"], 10, "{report:#}");
+    assert_eq!(spool["signed_checkpoints"], 10, "{report:#}");
+    assert_eq!(spool["covered_through"], 1009, "{report:#}");
+    assert!(base.cli_ok(&["verify"]).trim_end().ends_with("OK"));
+
+    let c = db(&base);
+    let events = seqs(&c, "!= 0");
+    let cps = seqs(&c, "= 0");
+    assert_eq!(events.len(), 1000);
+    assert_eq!(cps.len(), 10);
+    drop(c);
+    let (e300, e301, e600) = (events[290], events[291], events[590]);
+
+    assert_detected(
+        &base,
+        "update a field",
+        |c, _| {
+            c.execute("UPDATE events SET actor = 'mallory' WHERE seq = ?1", [e300])
+                .unwrap();
+            e300
+        },
+        "changed",
+    );
+    assert_detected(
+        &base,
+        "update the body",
+        |c, _| {
+            c.execute(
+                "UPDATE events SET body = replace(body, 'user request', 'nothing to see') WHERE seq = ?1",
+                [e600],
+            )
+            .unwrap();
+            e600
+        },
+        "changed",
+    );
+    assert_detected(
+        &base,
+        "delete a row",
+        |c, _| {
+            c.execute("DELETE FROM events WHERE seq = ?1", [e300])
+                .unwrap();
+            e300
+        },
+        "removed",
+    );
+    assert_detected(
+        &base,
+        "insert a row, shifting the rest",
+        |c, _| {
+            c.execute_batch(&format!(
+                "UPDATE events SET seq = -(seq + 1) WHERE seq >= {e300};
+                 UPDATE events SET seq = -seq WHERE seq < 0;
+                 INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+                   SELECT {e300}, ts_ms, randomblob(16), org, actor, action, body, hash
+                   FROM events WHERE seq = {e600};"
+            ))
+            .unwrap();
+            e300
+        },
+        "inserted",
+    );
+    assert_detected(
+        &base,
+        "append a row after the end",
+        |c, _| {
+            let last: i64 = c
+                .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
+                .unwrap();
+            c.execute(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+                   SELECT ?1, ts_ms, randomblob(16), org, actor, action, body, hash
+                   FROM events WHERE seq = ?2",
+                [last + 1, e300],
+            )
+            .unwrap();
+            last + 1
+        },
+        "inserted",
+    );
+    for (what, a, b) in [
+        ("swap two rows", e300, e600),
+        ("swap two neighbours", e300, e301),
+    ] {
+        assert_detected(
+            &base,
+            what,
+            |c, _| {
+                c.execute_batch(&format!(
+                    "UPDATE events SET seq = -1 WHERE seq = {a};
+                     UPDATE events SET seq = {a} WHERE seq = {b};
+                     UPDATE events SET seq = {b} WHERE seq = -1;"
+                ))
+                .unwrap();
+                a
+            },
+            "reordered",
+        );
+    }
+    assert_detected(
+        &base,
+        "truncate the tail",
+        |c, _| {
+            c.execute("DELETE FROM events WHERE seq > ?1", [e600])
+                .unwrap();
+            e600 + 1
+        },
+        "tail_cut",
+    );
+    assert_detected(
+        &base,
+        "replace a checkpoint's signature with another one's",
+        |c, _| {
+            let sig = |seq: i64| -> String {
+                let body: String = c
+                    .query_row("SELECT body FROM events WHERE seq = ?1", [seq], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["signature"].as_str().unwrap().to_string()
+            };
+            let (victim, donor) = (cps[4], cps[5]);
+            c.execute(
+                "UPDATE events SET body = replace(body, ?2, ?3) WHERE seq = ?1",
+                rusqlite::params![victim, sig(victim), sig(donor)],
+            )
+            .unwrap();
+            victim
+        },
+        "forged_checkpoint",
+    );
+    // An intruder who knows the chain's encoding changes an event and re-hashes every
+    // row after it: the chain is whole again, but the next signed checkpoint disagrees.
+    assert_detected(
+        &base,
+        "change an event and recompute the chain",
+        |c, dir| {
+            c.execute("UPDATE events SET actor = 'mallory' WHERE seq = ?1", [e300])
+                .unwrap();
+            rechain(c, dir, e300);
+            // Named at the sequence the first checkpoint after the change covers.
+            cps.iter().find(|s| **s > e300).unwrap() - 1
+        },
+        "checkpoint_mismatch",
+    );
+}
+
+/// Recomputes the stored chain hashes from `from` on, as an intruder could.
+fn rechain(c: &rusqlite::Connection, dir: &std::path::Path, from: i64) {
+    let mut prev: [u8; 32] = c
+        .query_row("SELECT hash FROM events WHERE seq = ?1", [from - 1], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map(|v| v.try_into().unwrap())
+        .unwrap_or(GENESIS);
+    let mut rows = Vec::new();
+    Spool::open_read_only(dir)
+        .unwrap()
+        .chain_each(from, i64::MAX, |r| {
+            rows.push(r);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    for r in rows {
+        prev = r.hash_at(&prev, r.seq);
+        c.execute(
+            "UPDATE events SET hash = ?2 WHERE seq = ?1",
+            rusqlite::params![r.seq, prev.as_slice()],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+        [prev.as_slice()],
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_public_key_verifies_and_a_wrong_key_does_not() {
+    let h = signed_harness();
+    fill(&h, 250);
+    let pem = h.cli_ok(&["integrity", "public-key"]);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let expected = Signer::load(&h.dir.path().join("signing.pem"))
+        .unwrap()
+        .public_key()
+        .to_pem();
+    assert_eq!(pem, expected);
+    let public = h.dir.path().join("public.pem");
+    std::fs::write(&public, &pem).unwrap();
+    let (code, report) = verify(&h, &["--public-key", public.to_str().unwrap()]);
+    assert_eq!(code, 0, "{report:#}");
+
+    // Another key: the first checkpoint is named as forged.
+    let other = h.dir.path().join("other.pem");
+    let other_key = h.dir.path().join("other-private.pem");
+    std::fs::write(&other_key, ed25519_pem([9; 32])).unwrap();
+    std::fs::write(
+        &other,
+        Signer::load(&other_key).unwrap().public_key().to_pem(),
+    )
+    .unwrap();
+    let (code, report) = verify(&h, &["--public-key", other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["spool"]["broken"]["kind"], "forged_checkpoint");
+    assert_eq!(report["spool"]["broken"]["seq"], 101);
+
+    // A range starts at the checkpoint before it.
+    let (code, report) = verify(&h, &["--from", "150", "--to", "220"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spool"]["from_seq"], 101);
+    assert_eq!(report["spool"]["to_seq"], 220);
+}
+
+#[test]
+fn a_bad_signing_key_is_a_config_error_that_says_how_to_make_one() {
+    let h = signed_harness();
+    std::fs::write(h.dir.path().join("signing.pem"), "not a key").unwrap();
+    let out = h.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("integrity.signing_key_file"), "{err}");
+    assert!(err.contains("openssl genpkey -algorithm ed25519"), "{err}");
+    // The relay refuses to start with it, naming it.
+    let out = h.cli(&["run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("integrity.signing_key_file"), "{err}");
+}
