@@ -186,7 +186,10 @@ async fn run_pipeline(
             Collector::new(src.envelope, tx.clone()),
             shutdown.clone(),
         );
-        spawn_thread("stdin-source", move || stdin::run(&src, out, &cancel))
+        let paused = health.spool_full.clone();
+        spawn_thread("stdin-source", move || {
+            stdin::run(&src, out, &cancel, &paused)
+        })
     });
     drop(tx);
     health.sources_running.store(true, Ordering::Relaxed);

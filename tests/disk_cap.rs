@@ -67,3 +67,79 @@ fn relay_log_has(h: &Harness, needle: &str) -> bool {
                 .contains(needle)
         })
 }
+
+/// A small tmpfs mounted on a directory for the test's life (needs root, as in CI).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let s = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(s.success(), "remount {size}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn running_out_of_disk_pauses_reading_and_resumes_without_loss_or_crash() {
+    let h = Harness::new();
+    let text = h.config_text(&[], &[]);
+    h.write_config(&format!("{text}\n[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    let Some(fs) = Tmpfs::mount(&h.spool_dir, "3m") else {
+        // Only where mounting is not allowed (not root): nothing to test with.
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let mut g = gen::Gen::new(43);
+    let (ids, lines) = server_lines(&mut g, 0, 40_000);
+    write_lines(&mut append_to(&h.log("a.log")), &lines);
+
+    let mut relay = h.start();
+    let addr = admin_addr(&relay);
+    h.wait_until(Some(&mut relay), "the disk to fill", DEADLINE, || {
+        relay_log_has(&h, "disk is full or failing")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(relay.try_wait().is_none(), "the relay exited on ENOSPC");
+    let stuck = h.count();
+    assert!(stuck < 40_000, "the disk did not fill ({stuck} stored)");
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("spool full"), "{body}");
+
+    // Space frees: the held group commit goes in, reading resumes, nothing twice.
+    fs.resize("256m");
+    h.wait_events(&mut relay, 40_000);
+    h.wait_until(Some(&mut relay), "readiness", DEADLINE, || {
+        http_get(&addr, "/readyz").0 == 200
+    });
+    assert!(relay_log_has(&h, "the spool is writable again"));
+    relay.terminate();
+    let expected: std::collections::HashSet<String> = ids.into_iter().collect();
+    assert_exactly_once(&h, &expected);
+    assert_eq!(h.stat("duplicates"), 0);
+    let out = h.cli_ok(&["verify"]);
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+    drop(fs);
+}

@@ -2,7 +2,7 @@
 
 use super::{AppendBatch, CommitReport, ForwardProgress, QuarantineEntry, Stats, StoredEvent};
 use crate::config::Durability;
-use crate::event::format_timestamp_ms;
+use crate::event::{format_timestamp_ms, Event};
 use crate::integrity::{chain_hash, Canonical};
 use crate::query::Query;
 use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
@@ -162,23 +162,50 @@ impl Spool {
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let mut spool = Spool::wrap(conn, path);
-        spool.last_seq = spool
+        spool.load_state()?;
+        Ok(spool)
+    }
+
+    /// Reads the writer's state (next sequence, chain head, organization keys) from what
+    /// is committed.
+    fn load_state(&mut self) -> Result<(), SpoolError> {
+        self.last_seq = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
                 r.get(0)
             })
             .optional()?
             .unwrap_or(0);
-        spool.head = super::chain::stored_head(&spool.conn)?;
-        let mut stmt = spool
-            .conn
-            .prepare("SELECT organization_id, org FROM orgs")?;
+        self.head = super::chain::stored_head(&self.conn)?;
+        let mut stmt = self.conn.prepare("SELECT organization_id, org FROM orgs")?;
         let orgs = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<HashMap<String, i64>, _>>()?;
         drop(stmt);
-        spool.orgs = orgs;
-        Ok(spool)
+        self.orgs = orgs;
+        Ok(())
+    }
+
+    /// Abandons the open transaction (after a failed write or commit) and goes back to the
+    /// committed state; what the transaction held must be written again.
+    pub fn rollback(&mut self) -> Result<(), SpoolError> {
+        if !self.conn.is_autocommit() {
+            // SQLite may already have rolled back by itself (disk full).
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.end_txn();
+        self.load_state()
+    }
+
+    /// Whether `e` means the disk is full or failing for now (ENOSPC, EFBIG, EIO): the
+    /// writer waits and tries again instead of exiting.
+    pub fn is_disk_trouble(e: &SpoolError) -> bool {
+        use rusqlite::ErrorCode;
+        matches!(
+            e,
+            SpoolError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, ErrorCode::DiskFull | ErrorCode::SystemIoFailure)
+        )
     }
 
     /// Opens an existing spool for reading only; it may be written by a running relay.
@@ -275,13 +302,22 @@ impl Spool {
 
     /// Adds a batch to the open transaction.
     pub fn write(&mut self, batch: &AppendBatch) -> Result<CommitReport, SpoolError> {
+        let stored = self.write_events(&batch.events)?;
+        let mut rest = self.write_rest(batch)?;
+        rest.stored = stored.stored;
+        rest.duplicates = stored.duplicates;
+        Ok(rest)
+    }
+
+    /// Adds events to the open transaction (the first part of [`Spool::write`]).
+    pub fn write_events(&mut self, events: &[Event]) -> Result<CommitReport, SpoolError> {
         debug_assert!(self.in_txn);
         let mut report = CommitReport::default();
         {
             let mut insert = self.conn.prepare_cached(
                 "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for ev in &batch.events {
+            for ev in events {
                 let org = match self.orgs.get(&ev.organization_id) {
                     Some(k) => *k,
                     None => {
@@ -330,6 +366,16 @@ impl Spool {
                 }
             }
         }
+        self.pending.events += report.stored;
+        self.pending.duplicates += report.duplicates;
+        Ok(report)
+    }
+
+    /// Adds the rest of a batch (quarantine, source checkpoints, counters) to the open
+    /// transaction (the second part of [`Spool::write`]).
+    pub fn write_rest(&mut self, batch: &AppendBatch) -> Result<CommitReport, SpoolError> {
+        debug_assert!(self.in_txn);
+        let mut report = CommitReport::default();
         if !batch.quarantined.is_empty() {
             let mut q = self.conn.prepare_cached(
                 "INSERT INTO quarantine(at_ms, reason, source, offset, raw) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -372,8 +418,6 @@ impl Spool {
             }
         }
         let p = &mut self.pending;
-        p.events += report.stored;
-        p.duplicates += report.duplicates;
         p.quarantined += report.quarantined;
         p.read += batch.read;
         p.skipped += batch.skipped;

@@ -108,8 +108,40 @@ pub struct WriterTotals {
     pub quarantined: u64,
 }
 
+/// The open group commit. What it holds is kept until it commits, so that a commit that
+/// fails for want of disk can be written again.
+#[derive(Debug)]
+struct Txn {
+    /// When it began; `None`: no transaction is open.
+    since: Option<Instant>,
+    /// Events (and progress reports) in it, against `max_events`.
+    waiting: usize,
+    batches: Vec<AppendBatch>,
+    progress: Vec<ForwardProgress>,
+    report: CommitReport,
+    /// The checkpoint state when it began.
+    uncovered: u64,
+    last_checkpoint: Instant,
+}
+
+impl Default for Txn {
+    fn default() -> Self {
+        Txn {
+            since: None,
+            waiting: 0,
+            batches: Vec::new(),
+            progress: Vec::new(),
+            report: CommitReport::default(),
+            uncovered: 0,
+            last_checkpoint: Instant::now(),
+        }
+    }
+}
+
 pub struct SpoolWriter {
     spool: Spool,
+    txn: Txn,
+    totals: WriterTotals,
     opts: WriterOptions,
     upkeep: Upkeep,
     /// Events stored since the last checkpoint, and when that was.
@@ -136,6 +168,8 @@ impl SpoolWriter {
             _ => 0,
         };
         SpoolWriter {
+            txn: Txn::default(),
+            totals: WriterTotals::default(),
             uncovered: (spool.last_seq() - covered).max(0) as u64,
             last_checkpoint: Instant::now(),
             last_purge_check: None,
@@ -174,15 +208,12 @@ impl SpoolWriter {
         rx: Receiver<AppendBatch>,
         stop: CancellationToken,
     ) -> Result<WriterTotals, SpoolError> {
-        let mut totals = WriterTotals::default();
-        let mut open_since: Option<Instant> = None;
-        let mut waiting = 0usize;
         let mut sources_open = true;
         self.progress
             .1
             .store(self.spool.last_seq(), Ordering::Release);
         loop {
-            let wait = match open_since {
+            let wait = match self.txn.since {
                 None => IDLE_POLL,
                 Some(t) => self.opts.interval.saturating_sub(t.elapsed()),
             };
@@ -196,124 +227,213 @@ impl SpoolWriter {
             self.check_disk_cap();
             let progress = self.progress.take();
             if !progress.is_empty() {
-                if open_since.is_none() {
-                    self.spool.begin()?;
-                    open_since = Some(Instant::now());
-                }
-                for p in &progress {
-                    self.spool.write_progress(p)?;
-                }
-                waiting += 1;
+                self.add(None, progress)?;
             }
             match msg {
                 Ok(batch) => {
-                    if open_since.is_none() {
-                        self.spool.begin()?;
-                        open_since = Some(Instant::now());
-                    }
-                    let n = batch.events.len();
-                    let r = self.write_checkpointed(batch)?;
-                    totals.stored += r.stored;
-                    totals.duplicates += r.duplicates;
-                    totals.quarantined += r.quarantined;
-                    waiting += n.max(1);
-                    if waiting >= self.opts.max_events {
-                        self.commit(&mut open_since, &mut waiting, &mut totals)?;
+                    self.add(Some(batch), Vec::new())?;
+                    if self.txn.waiting >= self.opts.max_events {
+                        self.commit()?;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if open_since.is_some() {
-                        self.commit(&mut open_since, &mut waiting, &mut totals)?;
+                    if self.txn.since.is_some() {
+                        self.commit()?;
                     } else if stop.is_cancelled() && self.progress.is_empty() {
                         if self.uncovered > 0 {
                             // The shutdown checkpoint.
-                            self.spool.begin()?;
-                            self.checkpoint()?;
-                            self.spool.commit()?;
+                            self.checkpoint_now()?;
                         }
-                        return Ok(totals);
+                        return Ok(self.totals);
                     } else if self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval {
                         // Idle: a checkpoint still marks the time, so quiet hours are covered.
-                        self.spool.begin()?;
-                        self.checkpoint()?;
-                        self.spool.commit()?;
-                        self.progress
-                            .1
-                            .store(self.spool.last_seq(), Ordering::Release);
+                        self.checkpoint_now()?;
                     } else {
                         self.purge_tick()?;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     sources_open = false;
-                    if open_since.is_some() {
-                        self.commit(&mut open_since, &mut waiting, &mut totals)?;
+                    if self.txn.since.is_some() {
+                        self.commit()?;
                     }
                 }
             }
         }
     }
 
-    fn commit(
-        &mut self,
-        open_since: &mut Option<Instant>,
-        waiting: &mut usize,
-        totals: &mut WriterTotals,
-    ) -> Result<(), SpoolError> {
-        let started = Instant::now();
-        if self.uncovered >= self.upkeep.checkpoint_every
-            || self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval
-        {
-            self.checkpoint()?;
+    /// Begins a group commit if none is open.
+    fn begin(&mut self) -> Result<(), SpoolError> {
+        if self.txn.since.is_none() {
+            self.spool.begin()?;
+            self.txn.since = Some(Instant::now());
+            self.txn.uncovered = self.uncovered;
+            self.txn.last_checkpoint = self.last_checkpoint;
         }
-        self.spool.commit()?;
-        self.progress
-            .1
-            .store(self.spool.last_seq(), Ordering::Release);
-        totals.commits += 1;
+        Ok(())
+    }
+
+    /// Adds a batch and/or forwarding progress to the open group commit, keeping them
+    /// until it is committed.
+    fn add(
+        &mut self,
+        batch: Option<AppendBatch>,
+        progress: Vec<ForwardProgress>,
+    ) -> Result<(), SpoolError> {
+        let r = self.begin().and_then(|()| {
+            if let Some(b) = &batch {
+                let r = self.write_checkpointed(b)?;
+                self.txn.report.stored += r.stored;
+                self.txn.report.duplicates += r.duplicates;
+                self.txn.report.quarantined += r.quarantined;
+            }
+            for p in &progress {
+                self.spool.write_progress(p)?;
+            }
+            Ok(())
+        });
+        self.txn.waiting += match &batch {
+            Some(b) => b.events.len().max(1),
+            None => 1,
+        };
+        self.txn.batches.extend(batch);
+        self.txn.progress.extend(progress);
+        match r {
+            Err(e) if Spool::is_disk_trouble(&e) => self.recover(e),
+            r => r,
+        }
+    }
+
+    /// Commits the open group commit (with a checkpoint when one is due).
+    fn commit(&mut self) -> Result<(), SpoolError> {
+        let started = Instant::now();
+        let r = (|| {
+            if self.uncovered >= self.upkeep.checkpoint_every
+                || self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval
+            {
+                self.checkpoint()?;
+            }
+            self.spool.commit()
+        })();
+        match r {
+            Ok(()) => {}
+            Err(e) if Spool::is_disk_trouble(&e) => return self.recover(e),
+            Err(e) => return Err(e),
+        }
         tracing::debug!(
-            events = *waiting,
+            events = self.txn.waiting,
             commit_ms = started.elapsed().as_millis() as u64,
             "spool commit"
         );
-        *open_since = None;
-        *waiting = 0;
+        self.committed();
         self.purge_tick()
     }
 
-    /// Writes a batch into the open transaction with a checkpoint after every
-    /// `checkpoint_every` stored events, splitting the batch where one falls (the source
-    /// checkpoints and counters go with its last part, in the same transaction).
-    fn write_checkpointed(&mut self, mut batch: AppendBatch) -> Result<CommitReport, SpoolError> {
-        let mut total = CommitReport::default();
+    /// Bookkeeping after a successful commit.
+    fn committed(&mut self) {
+        let txn = std::mem::take(&mut self.txn);
+        self.totals.commits += 1;
+        self.totals.stored += txn.report.stored;
+        self.totals.duplicates += txn.report.duplicates;
+        self.totals.quarantined += txn.report.quarantined;
+        self.progress
+            .1
+            .store(self.spool.last_seq(), Ordering::Release);
+    }
+
+    /// A checkpoint in a transaction of its own (idle, shutdown).
+    fn checkpoint_now(&mut self) -> Result<(), SpoolError> {
+        self.add(None, Vec::new())?;
+        self.checkpoint()?;
+        self.commit()
+    }
+
+    /// The disk is full or failing (ENOSPC, EFBIG, EIO): sources pause (their offsets
+    /// stay where the last commit put them), and the open group commit — kept in memory —
+    /// is written again until it commits. Nothing is lost, nothing crashes; readiness
+    /// fails meanwhile.
+    fn recover(&mut self, first: SpoolError) -> Result<(), SpoolError> {
+        tracing::warn!(error = %first, held_events = self.txn.report.stored, "the spool's disk is full or failing: reading is paused (offsets kept, nothing lost) and /readyz fails; retrying until the write succeeds");
+        self.full.store(true, Ordering::Relaxed);
+        let mut delay = Duration::from_millis(250);
+        let mut attempts = 0u64;
         loop {
+            self.spool.rollback().or_else(|e| {
+                if Spool::is_disk_trouble(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            self.uncovered = self.txn.uncovered;
+            self.last_checkpoint = self.txn.last_checkpoint;
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(10));
+            attempts += 1;
+            match self.rewrite() {
+                Ok(()) => {
+                    tracing::info!(attempts, "the spool is writable again: the held events are committed and reading resumes");
+                    self.full.store(false, Ordering::Relaxed);
+                    self.committed();
+                    return Ok(());
+                }
+                Err(e) if Spool::is_disk_trouble(&e) => {
+                    tracing::debug!(error = %e, attempts, "spool still not writable");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes everything the open group commit held again, and commits it.
+    fn rewrite(&mut self) -> Result<(), SpoolError> {
+        self.spool.begin()?;
+        let batches = std::mem::take(&mut self.txn.batches);
+        let mut report = CommitReport::default();
+        let r = (|| {
+            for b in &batches {
+                let r = self.write_checkpointed(b)?;
+                report.stored += r.stored;
+                report.duplicates += r.duplicates;
+                report.quarantined += r.quarantined;
+            }
+            for p in &self.txn.progress {
+                self.spool.write_progress(p)?;
+            }
+            if self.uncovered >= self.upkeep.checkpoint_every {
+                self.checkpoint()?;
+            }
+            self.spool.commit()
+        })();
+        self.txn.batches = batches;
+        self.txn.report = report;
+        r
+    }
+
+    /// Writes a batch into the open transaction with a checkpoint after every
+    /// `checkpoint_every` stored events, at the exact event where one falls (the source
+    /// checkpoints and counters go with the batch, in the same transaction).
+    fn write_checkpointed(&mut self, batch: &AppendBatch) -> Result<CommitReport, SpoolError> {
+        let mut total = CommitReport::default();
+        let mut events = &batch.events[..];
+        while !events.is_empty() {
             let room = self
                 .upkeep
                 .checkpoint_every
                 .saturating_sub(self.uncovered)
                 .max(1) as usize;
-            let last = batch.events.len() <= room;
-            let part = if last {
-                std::mem::take(&mut batch)
-            } else {
-                let rest = batch.events.split_off(room);
-                AppendBatch {
-                    events: std::mem::replace(&mut batch.events, rest),
-                    ..AppendBatch::default()
-                }
-            };
-            let r = self.spool.write(&part)?;
+            let (part, rest) = events.split_at(room.min(events.len()));
+            let r = self.spool.write_events(part)?;
             self.uncovered += r.stored;
             total.stored += r.stored;
             total.duplicates += r.duplicates;
-            total.quarantined += r.quarantined;
             if self.uncovered >= self.upkeep.checkpoint_every {
                 self.checkpoint()?;
             }
-            if last {
-                return Ok(total);
-            }
+            events = rest;
         }
+        total.quarantined = self.spool.write_rest(batch)?.quarantined;
+        Ok(total)
     }
 
     /// Adds a checkpoint to the open transaction.
