@@ -57,7 +57,7 @@ pub struct CloudWatchReport {
     pub messages: u64,
     /// Event messages that match the spool.
     pub matched: u64,
-    /// Extra copies of a matched message (re-sends after a lost answer).
+    /// Extra copies of a matched event or checkpoint message (re-sends after a lost answer).
     pub resent: u64,
     pub checkpoints: u64,
     pub signed_checkpoints: u64,
@@ -104,7 +104,8 @@ pub async fn verify(
     };
     // (timestamp, id) → digests of the messages found, one per copy.
     let mut events: HashMap<(i64, String), Vec<[u8; 32]>> = HashMap::new();
-    let mut checkpoints: BTreeMap<i64, Checkpoint> = BTreeMap::new();
+    // Covered sequence → every checkpoint message found for it (re-sends, or forgeries).
+    let mut checkpoints: BTreeMap<i64, Vec<Checkpoint>> = BTreeMap::new();
     for stream in &streams {
         let cw = CloudWatch::connect(cfg, stream.clone())
             .await
@@ -117,7 +118,7 @@ pub async fn verify(
                     match Checkpoint::from_json(&message, true) {
                         Ok(c) => {
                             report.checkpoints += 1;
-                            checkpoints.insert(c.sequence, c);
+                            checkpoints.entry(c.sequence).or_default().push(c);
                         }
                         Err(e) => report.checkpoint_problems.push(Finding {
                             seq: None,
@@ -149,11 +150,33 @@ pub async fn verify(
 fn check_checkpoints(
     spool: &Spool,
     opts: &Options,
-    found: &BTreeMap<i64, Checkpoint>,
+    found: &BTreeMap<i64, Vec<Checkpoint>>,
     report: &mut CloudWatchReport,
 ) -> Result<(), SpoolError> {
     let meta = spool.chain_meta()?;
-    for (seq, c) in found {
+    for (seq, copies) in found {
+        // Every copy is checked; an identical later copy is a re-send.
+        for (i, c) in copies.iter().enumerate() {
+            if copies[..i].contains(c) {
+                report.resent += 1;
+                continue;
+            }
+            check_checkpoint(spool, opts, &meta, *seq, c, report)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_checkpoint(
+    spool: &Spool,
+    opts: &Options,
+    meta: &crate::spool::ChainMeta,
+    seq: i64,
+    c: &Checkpoint,
+    report: &mut CloudWatchReport,
+) -> Result<(), SpoolError> {
+    let seq = &seq;
+    {
         if let Some(key) = &opts.public_key {
             match key.verify(c) {
                 Ok(()) => report.signed_checkpoints += 1,
@@ -163,12 +186,12 @@ fn check_checkpoints(
                         id: None,
                         detail: format!("the checkpoint in CloudWatch covering seq {seq} is not validly signed: {e}"),
                     });
-                    continue;
+                    return Ok(());
                 }
             }
         }
         if *seq <= meta.purged_through {
-            continue;
+            return Ok(());
         }
         let mut stored = None;
         spool.chain_each(*seq, *seq, |r| {
@@ -203,7 +226,7 @@ fn check_events(
     spool: &Spool,
     opts: &Options,
     events: &mut HashMap<(i64, String), Vec<[u8; 32]>>,
-    checkpoints: &BTreeMap<i64, Checkpoint>,
+    checkpoints: &BTreeMap<i64, Vec<Checkpoint>>,
     report: &mut CloudWatchReport,
 ) -> Result<(), SpoolError> {
     let format = MessageFormat::new(&cfg.static_fields, cfg.max_event_bytes.0 as usize);

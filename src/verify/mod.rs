@@ -95,7 +95,7 @@ impl fmt::Display for cloudwatch::CloudWatchReport {
             ("missing from CloudWatch", &self.missing),
             ("added to CloudWatch", &self.added),
             ("altered in CloudWatch", &self.altered),
-            ("checkpoint problem", &self.checkpoint_problems),
+            ("checkpoint problem(s)", &self.checkpoint_problems),
         ] {
             if list.count > 0 {
                 writeln!(f, "cloudwatch: {} {what}:", list.count)?;
