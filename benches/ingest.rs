@@ -2,7 +2,13 @@
 //!
 //! ```text
 //! cargo bench --bench ingest -- [--events N] [--prefill M] [--runs R] [--parts] [--durability fsync|os]
+//!     [--sign] [--old M] [--verify] [--bin PATH]
 //! ```
+//!
+//! `--sign` signs checkpoints (a fresh Ed25519 key); `--old M` pre-fills M events 100–190
+//! days old with checkpoints, so that retention (90 days) purges them while the run
+//! ingests; `--verify` times `audit-relay verify` over the spool after the run; `--bin`
+//! runs another build of the relay (e.g. one from before a change, for comparison).
 //!
 //! Each run writes N realistic server-log lines (~600 bytes; 500 organizations, 5,000
 //! actors, 40 actions) to a file, optionally fills a fresh spool with M older events
@@ -15,7 +21,7 @@ mod support;
 
 use support::gen;
 #[allow(unused_imports)]
-use support::{decode_event, fill_spool, now_ms, status_kib};
+use support::{decode_event, fill_spool, fill_spool_with, now_ms, status_kib};
 
 use audit_relay::config::Durability;
 use audit_relay::spool::{AppendBatch, Spool};
@@ -31,6 +37,10 @@ struct Args {
     parts: bool,
     durability: String,
     cache: String,
+    sign: bool,
+    old: u64,
+    verify: bool,
+    bin: String,
 }
 
 fn args() -> Args {
@@ -41,6 +51,10 @@ fn args() -> Args {
         parts: false,
         durability: "fsync".into(),
         cache: "16MiB".into(),
+        sign: false,
+        old: 0,
+        verify: false,
+        bin: env!("CARGO_BIN_EXE_audit-relay").into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -52,6 +66,10 @@ fn args() -> Args {
             "--durability" => a.durability = val(),
             "--cache" => a.cache = val(),
             "--parts" => a.parts = true,
+            "--sign" => a.sign = true,
+            "--verify" => a.verify = true,
+            "--old" => a.old = val().parse().expect("--old M"),
+            "--bin" => a.bin = val(),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -70,6 +88,17 @@ fn write_lines(path: &Path, n: u64, seed: u64, start_ms: i64) -> u64 {
     }
     w.flush().unwrap();
     bytes
+}
+
+/// Events deleted by retention so far (0 before any purge, or for an older build).
+fn purged(db: &Path) -> u64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| {
+            c.query_row("SELECT coalesce(sum(deleted), 0) FROM purges", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .unwrap_or(0) as u64
 }
 
 fn events_stored(db: &Path) -> u64 {
@@ -121,6 +150,25 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     if a.prefill > 0 {
         fill_spool(&spool_dir, a.prefill, start_ms);
     }
+    if a.old > 0 {
+        fill_spool_with(&spool_dir, a.old, start_ms - 100 * 86_400_000, Some(10_000));
+    }
+    let integrity = if a.sign {
+        let key = dir.join("signing.pem");
+        let ok = Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl genpkey");
+        format!(
+            "[integrity]\nsigning_key_file = {:?}\n",
+            key.display().to_string()
+        )
+    } else {
+        String::new()
+    };
     let bytes = write_lines(
         &dir.join("logs/server.log"),
         a.events,
@@ -131,7 +179,7 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\ncache_size = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\ncache_size = \"{}\"\n[log]\nlevel = \"warn\"\n{integrity}",
             dir.display(),
             spool_dir.display(),
             a.durability,
@@ -140,9 +188,9 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     )
     .unwrap();
     let db = spool_dir.join("spool.db");
-    let target = a.prefill + a.events;
+    let target = a.prefill + a.old + a.events;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-relay"))
+    let mut child = Command::new(&a.bin)
         .args(["-c", cfg.to_str().unwrap(), "run"])
         .stdin(Stdio::null())
         .spawn()
@@ -170,6 +218,28 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
         .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "relay exited with {status}");
+    if a.old > 0 {
+        println!(
+            "  retention purged {} of the {} old events during the run",
+            purged(&db),
+            a.old
+        );
+    }
+    if a.verify {
+        let t = Instant::now();
+        let out = Command::new(&a.bin)
+            .args(["-c", cfg.to_str().unwrap(), "verify", "--json"])
+            .output()
+            .unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = report["spool"]["rows"].as_u64().unwrap_or(0);
+        println!(
+            "  verify: {rows} rows in {dt:.2}s = {:.0} rows/s, ok = {}",
+            rows as f64 / dt,
+            report["ok"]
+        );
+    }
     let rate = a.events as f64 / secs;
     println!(
         "run {run}: {} events ({:.0} MB) in {secs:.2}s = {rate:.0} events/s, peak RSS {:.1} MiB (spool had {} events before)",

@@ -148,7 +148,7 @@ async fn run_pipeline(
             .filter(|c| c.enabled)
             .map(|c| forward::cursor_names(Some(c))),
         purge_check: std::time::Duration::from_secs(60),
-        purge_chunk: 2_000,
+        purge_chunk: 10_000,
     };
     let mut writer = {
         let stop = writer_stop.clone();

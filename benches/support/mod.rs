@@ -28,6 +28,12 @@ pub fn decode_event(line: &str) -> Event {
 /// Fills the spool in `dir` with `m` events spread over the 90 days before `end_ms`,
 /// through the library (50k-event transactions, `os` durability).
 pub fn fill_spool(dir: &Path, m: u64, end_ms: i64) {
+    fill_spool_with(dir, m, end_ms, None)
+}
+
+/// Like [`fill_spool`], with an (unsigned) integrity checkpoint after every
+/// `checkpoint_every` events, stamped with its last event's time, as the relay writes them.
+pub fn fill_spool_with(dir: &Path, m: u64, end_ms: i64, checkpoint_every: Option<u64>) {
     let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
     let mut g = gen::Gen::new(0xfeed);
     let span = 90 * 86_400_000i64;
@@ -35,19 +41,25 @@ pub fn fill_spool(dir: &Path, m: u64, end_ms: i64) {
     let started = Instant::now();
     let mut i = 0u64;
     while i < m {
-        let n = (m - i).min(50_000);
+        let n = (m - i).min(checkpoint_every.unwrap_or(50_000).min(50_000));
         let events = (0..n)
             .map(|k| {
                 let ms = end_ms - span + ((i + k) as f64 * step) as i64;
                 decode_event(&gen::event_json(&mut g, ms).line)
             })
             .collect();
+        let last_ms = end_ms - span + ((i + n - 1) as f64 * step) as i64;
+        spool.begin().unwrap();
         spool
-            .append(&AppendBatch {
+            .write(&AppendBatch {
                 events,
                 ..Default::default()
             })
             .unwrap();
+        if checkpoint_every.is_some() {
+            spool.write_checkpoint(None, last_ms).unwrap();
+        }
+        spool.commit().unwrap();
         i += n;
     }
     eprintln!(
