@@ -139,7 +139,17 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
     let st = spool.stats_for(&s.cursors)?;
     let rejected = spool.rejected_by_reason()?;
     let mut o = String::with_capacity(4096);
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "audit_relay_events_purged_total",
+            "Events deleted by retention (spool.retention_days).",
+            st.purged,
+        ),
+        (
+            "audit_relay_checkpoints_total",
+            "Integrity checkpoints written to the spool.",
+            st.checkpoints,
+        ),
         (
             "audit_relay_records_read_total",
             "Records read from the sources.",
@@ -190,7 +200,7 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         "audit_relay_spool_events",
         "gauge",
         "Events in the spool.",
-        &one(st.events as f64),
+        &one(st.events.saturating_sub(st.purged) as f64),
     );
     metric(
         &mut o,
@@ -266,6 +276,17 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         "gauge",
         "1 when /readyz answers 200.",
         &one(if ready { 1.0 } else { 0.0 }),
+    );
+    metric(
+        &mut o,
+        "audit_relay_spool_full",
+        "gauge",
+        "1 while reading is paused: spool.max_bytes reached, or the disk is full or failing.",
+        &one(if s.health.spool_full.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        }),
     );
     Ok(o)
 }

@@ -183,6 +183,8 @@ pub enum KeyError {
     Parse { path: String, err: String },
     #[error("public key {path}: not an Ed25519 public key in PEM ({err}); `audit-relay integrity public-key` prints it")]
     Public { path: String, err: String },
+    #[error("public key {path}: cannot read it: {err}")]
+    PublicRead { path: String, err: std::io::Error },
 }
 
 /// The private key that signs checkpoints.
@@ -255,7 +257,7 @@ impl PublicKey {
     /// Reads a SubjectPublicKeyInfo PEM (`integrity public-key`, `openssl pkey -pubout`).
     pub fn load(path: &Path) -> Result<PublicKey, KeyError> {
         let shown = path.display().to_string();
-        let pem = std::fs::read_to_string(path).map_err(|err| KeyError::Read {
+        let pem = std::fs::read_to_string(path).map_err(|err| KeyError::PublicRead {
             path: shown.clone(),
             err,
         })?;

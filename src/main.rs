@@ -339,9 +339,16 @@ fn verify(
 ) -> anyhow::Result<ExitCode> {
     use audit_relay::verify;
     let public_key = match (&public_key, &config.integrity.signing_key_file) {
-        (Some(p), _) => Some(audit_relay::integrity::PublicKey::load(p)?),
-        (None, Some(k)) => Some(Signer::load(k)?.public_key()),
-        (None, None) => None,
+        (Some(p), _) => audit_relay::integrity::PublicKey::load(p).map(Some),
+        (None, Some(k)) => Signer::load(k).map(|s| Some(s.public_key())),
+        (None, None) => Ok(None),
+    };
+    let public_key = match public_key {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("audit-relay: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
     };
     let spool = Spool::open_read_only(&config.spool.dir)?;
     let opts = verify::Options {
@@ -391,7 +398,10 @@ fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
-        println!("events       {}", s.events);
+        println!(
+            "events       {} (stored; {} purged by retention)",
+            s.events, s.purged
+        );
         println!("quarantined  {}", s.quarantined);
         println!("skipped      {}", s.skipped);
         println!("duplicates   {}", s.duplicates);

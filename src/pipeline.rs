@@ -104,6 +104,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     r
 }
 
+/// At shutdown, how long the forwarders may go on sending (the last checkpoint, and what
+/// little is left when they are caught up) before they are stopped.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
 async fn run_pipeline(
     config: Config,
     shutdown: CancellationToken,
@@ -274,6 +278,24 @@ async fn run_pipeline(
     let drained = tokio::time::timeout(grace, async {
         if let Some(h) = files {
             let _ = h.await;
+        }
+        if !fwd_health.is_empty() {
+            // A last checkpoint over everything read, and a short chance for the forwarders
+            // to send it with what is left (a backlog stays in the spool for the next start).
+            progress.request_checkpoint();
+            let flush = async {
+                while progress.checkpoint_pending() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let target = progress.committed_seq();
+                while fwd_health
+                    .iter()
+                    .any(|h| h.cursor.load(Ordering::Acquire) < target)
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(SHUTDOWN_FLUSH.min(grace / 2), flush).await;
         }
         // The forwarder finishes a call in flight; its progress goes into the last commit.
         forward_cancel.cancel();

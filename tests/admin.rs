@@ -69,6 +69,8 @@ fn health_readiness_and_metrics_match_what_happened() {
         0.0
     );
     assert_eq!(value(&scrape, "audit_relay_spool_events", None), 250.0);
+    assert_eq!(value(&scrape, "audit_relay_events_purged_total", None), 0.0);
+    assert_eq!(value(&scrape, "audit_relay_spool_full", None), 0.0);
     assert!(value(&scrape, "audit_relay_spool_bytes", None) > 0.0);
     // No forwarder configured: everything is waiting, and the lag is the oldest's age.
     assert_eq!(

@@ -127,6 +127,11 @@ fn running_out_of_disk_pauses_reading_and_resumes_without_loss_or_crash() {
     let (status, body) = http_get(&addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("spool full"), "{body}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("\naudit_relay_spool_full 1\n"),
+        "{metrics}"
+    );
 
     // Space frees: the held group commit goes in, reading resumes, nothing twice.
     fs.resize("256m");

@@ -195,6 +195,21 @@ fn an_untouched_spool_verifies_and_every_kind_of_tampering_is_named() {
         },
         "inserted",
     );
+    assert_detected(
+        &base,
+        "insert a row before the start",
+        |c, _| {
+            c.execute(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+                   SELECT 0, ts_ms, randomblob(16), org, actor, action, body, hash
+                   FROM events WHERE seq = ?1",
+                [e300],
+            )
+            .unwrap();
+            0
+        },
+        "inserted",
+    );
     for (what, a, b) in [
         ("swap two rows", e300, e600),
         ("swap two neighbours", e300, e301),

@@ -141,11 +141,42 @@ fn old_forwarded_events_go_unforwarded_ones_stay_and_the_chain_still_verifies() 
     assert_eq!(rec[0].deleted, deleted);
     assert_eq!(rec[0].through_seq, cps[5] - 1);
 
+    // Space is reused: the purged pages are free, and new events fill them before the
+    // file grows.
+    let pages = |what: &str| -> i64 {
+        h.db()
+            .unwrap()
+            .query_row(&format!("PRAGMA {what}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let (size, free) = (pages("page_count"), pages("freelist_count"));
+    assert!(
+        free > size / 4,
+        "purged pages are not free: {free} of {size}"
+    );
+    let mut g = gen::Gen::new(12);
+    spool
+        .append(&AppendBatch {
+            events: events(&mut g, now, 4 * PER_DAY),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        pages("page_count"),
+        size,
+        "the file grew although pages were free"
+    );
+    assert!(pages("freelist_count") < free);
+    spool.begin().unwrap();
+    spool.write_checkpoint(Some(&signer()), now).unwrap();
+    spool.commit().unwrap();
+
     // Forwarding catches up: the next purge takes the rest but the newest checkpoint.
     forwarded_to(&mut spool, cps[9]);
     purge(&mut spool, now, 90, Some(cps[9]));
     assert_eq!(first_seq(&h), cps[9]);
-    assert_eq!(h.count(), 0);
+    // The 400 new events (stamped now) are not forwarded and stay.
+    assert_eq!(h.count(), 4 * PER_DAY as u64);
     verified(&spool);
     assert_eq!(spool.purges().unwrap().len(), 2);
     drop(spool);

@@ -117,13 +117,15 @@ pub struct SpoolConfig {
     /// Directory holding `spool.db` (created if missing). Default `/var/lib/audit-relay`.
     #[serde(default = "defaults::spool_dir")]
     pub dir: PathBuf,
-    /// Days events are kept, 1 to 3653. Default 90. (The purge job is not built yet.)
+    /// Days events are kept, 1 to 3653. Default 90. Retention deletes events whose next
+    /// checkpoint is older than this, once forwarded (or when `cloudwatch` is absent or
+    /// disabled); see `docs/operations.md`.
     #[serde(default = "defaults::retention_days")]
     pub retention_days: i64,
-    /// Disk cap of the spool (database + WAL). At the cap, sources pause (offsets kept,
-    /// nothing lost) and `/readyz` fails; reading resumes below 95 % of it. Default
-    /// `"20GiB"`, at least `"1MiB"`. (Without the retention purge, not built yet, space
-    /// frees only when the cap is raised.)
+    /// Disk cap of the spool (database + WAL, less the free pages retention left). At the
+    /// cap, sources pause (offsets kept, nothing lost) and `/readyz` fails; reading resumes
+    /// below 95 % of it, as retention frees space or when the cap is raised. Default
+    /// `"20GiB"`, at least `"1MiB"`.
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: ByteSize,
     /// `fsync` (each commit reaches the disk; survives power loss) or `os` (survives a

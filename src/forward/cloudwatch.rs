@@ -213,8 +213,8 @@ impl CloudWatch {
                 ));
             }
             let next = page.next_forward_token().map(str::to_string);
-            // The end: an empty page, or the same token again.
-            if events.is_empty() || next.is_none() || next == token {
+            // The end is the same token again (an empty page may come before it).
+            if next.is_none() || next == token {
                 return Ok(out);
             }
             token = next;

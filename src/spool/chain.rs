@@ -198,6 +198,17 @@ impl Spool {
         Ok(cp)
     }
 
+    /// Runs `f` inside one read transaction: every read sees the same committed state.
+    pub fn in_snapshot<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let r = f();
+        self.conn.execute_batch("COMMIT")?;
+        r
+    }
+
     /// The newest checkpoint row: its sequence number and content.
     pub fn last_checkpoint(&self) -> Result<Option<(i64, Checkpoint)>, SpoolError> {
         let row: Option<(i64, String)> = self
@@ -341,10 +352,16 @@ impl Spool {
                 reason: "retention cannot find the event it would cut at".into(),
             });
         };
+        let checkpoint_rows: i64 = self.conn.query_row(
+            "SELECT count(*) FROM events WHERE seq > ?1 AND seq <= ?2 AND org = ?3",
+            params![from, to, CHECKPOINT_ORG],
+            |r| r.get(0),
+        )?;
         let deleted = self.conn.execute(
             "DELETE FROM events WHERE seq > ?1 AND seq <= ?2",
             params![from, to],
         )? as u64;
+        self.pending.purged += deleted.saturating_sub(checkpoint_rows as u64);
         self.conn
             .execute("DELETE FROM rejected WHERE seq <= ?1", [to])?;
         self.conn.execute(

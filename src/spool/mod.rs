@@ -10,23 +10,30 @@
 //! - Source checkpoints are written in the same transaction as the events read up to
 //!   them, so after a crash reading resumes exactly after the last stored event.
 //! - Counters (`read`, `skipped`, `duplicates`, `quarantined`, `events`, `forwarded`,
-//!   `rejected`) move in the same transaction as the rows they count.
+//!   `rejected`, `checkpoints`, `purged`) move in the same transaction as the rows they
+//!   count.
+//! - Every row carries `hash`, chained from the row before it (see [`crate::integrity`]);
+//!   `meta.last_seq` and `meta.chain_head` move in the same commit.
+//! - Retention deletes only a prefix of the sequence, up to just before a checkpoint row,
+//!   which stays as the anchor; `meta.purged_through` and `meta.purge_anchor` record the
+//!   cut, and each purge has a row in `purges`.
 //! - A forwarder's cursor only moves forward, and only after CloudWatch accepted (or the
 //!   forwarder rejected, one by one) every event up to it. The single writer applies
 //!   forwarding progress in its next commit; a crash before that re-sends, never skips.
 //!
-//! # Format (SQLite, WAL mode, `PRAGMA user_version = 1`)
+//! # Format (SQLite, WAL mode, `PRAGMA user_version = 3`)
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array) |
-//! | `orgs` | `org` (rowid) | `organization_id`: a compact integer key per organization |
+//! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array), `hash` (32-byte chain hash); checkpoint rows have `org` 0 |
+//! | `orgs` | `org` (rowid) | `organization_id`: a compact integer key per organization (0: `""`, checkpoints) |
+//! | `purges` | `pid` | `at_ms`, `deleted`, `through_seq`, `anchor_seq`, `anchor_head`: one row per retention purge |
 //! | `quarantine` | `qid` | `at_ms`, `reason`, `source`, `offset`, `raw` (capped) |
 //! | `checkpoints` | `(dev, ino)` | `fp_len`, `fp_hash`, `path`, `offset`, `mode`, `replay_until` |
 //! | `counters` | `name` | `value` |
 //! | `cursors` | `name` | `seq`: the last sequence number a forwarder has finished with |
 //! | `rejected` | `seq` | `reason`, `detail`, `at_ms`: events CloudWatch will not take |
-//! | `meta` | `key` | `value`: `last_seq` |
+//! | `meta` | `key` | `value`: `last_seq`, `chain_head`, `purged_through`, `purge_anchor`, the page-token key |
 //!
 //! Indexes: `events(ts_ms, id)` unique (dedup, and time bounds), `events(org, ts_ms)`
 //! (one organization, newest first, within a time range).
@@ -146,6 +153,8 @@ pub struct Stats {
     pub forwarded: u64,
     /// Events CloudWatch will not take (too old, too new, invalid); kept in the spool.
     pub rejected: u64,
+    /// Events deleted by retention (`events - purged` are in the spool).
+    pub purged: u64,
     /// Integrity checkpoints written (rows of their own, counted in `last_seq`).
     pub checkpoints: u64,
     /// RFC 3339 of the oldest / newest event, if any.

@@ -50,6 +50,7 @@ pub struct Spool {
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Counters {
     pub(super) checkpoints: u64,
+    pub(super) purged: u64,
     forwarded: u64,
     rejected: u64,
     events: u64,
@@ -255,6 +256,19 @@ impl Spool {
                 std::fs::metadata(p).ok().map(|m| m.len())
             })
             .sum()
+    }
+
+    /// Bytes on disk that hold data: [`Spool::disk_bytes`] less the database's free pages
+    /// (which retention leaves behind and new events fill first). The disk cap counts this.
+    pub fn used_bytes(&self) -> u64 {
+        let pragma = |name: &str| -> u64 {
+            self.conn
+                .pragma_query_value(None, name, |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        self.disk_bytes()
+            .saturating_sub(pragma("freelist_count") * pragma("page_size"))
     }
 
     /// The sequence number of the newest event this handle wrote or found at open.
@@ -505,6 +519,7 @@ impl Spool {
             )?;
             for (name, v) in [
                 ("checkpoints", p.checkpoints),
+                ("purged", p.purged),
                 ("forwarded", p.forwarded),
                 ("rejected", p.rejected),
                 ("events", p.events),
@@ -565,6 +580,7 @@ impl Spool {
                 "forwarded" => s.forwarded = v,
                 "rejected" => s.rejected = v,
                 "checkpoints" => s.checkpoints = v,
+                "purged" => s.purged = v,
                 _ => {}
             }
         }

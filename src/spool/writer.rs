@@ -23,12 +23,27 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 /// writer, so cursor moves ride along with the next group commit instead of competing
 /// for SQLite's write lock.
 #[derive(Debug, Clone, Default)]
-pub struct ProgressInbox(Arc<Mutex<Vec<ForwardProgress>>>, Arc<AtomicI64>);
+pub struct ProgressInbox(
+    Arc<Mutex<Vec<ForwardProgress>>>,
+    Arc<AtomicI64>,
+    Arc<AtomicBool>,
+);
 
 impl ProgressInbox {
     /// The highest sequence number committed so far.
     pub fn committed_seq(&self) -> i64 {
         self.1.load(Ordering::Acquire)
+    }
+
+    /// Asks the writer for a checkpoint over everything stored so far, now (before the
+    /// forwarders' last sends at shutdown, so that it reaches CloudWatch too).
+    pub fn request_checkpoint(&self) {
+        self.2.store(true, Ordering::Release);
+    }
+
+    /// Whether a requested checkpoint is not committed yet.
+    pub fn checkpoint_pending(&self) -> bool {
+        self.2.load(Ordering::Acquire)
     }
 
     pub fn push(&self, p: ForwardProgress) {
@@ -189,10 +204,11 @@ impl SpoolWriter {
         }
     }
 
-    /// Compares the spool's size on disk with the cap; sets or clears the full flag
+    /// Compares the spool's used bytes on disk (free pages left by retention do not count)
+    /// with the cap; sets or clears the full flag
     /// (cleared below 95 % of the cap, so reading does not flap).
     fn check_disk_cap(&self) {
-        let bytes = self.spool.disk_bytes();
+        let bytes = self.spool.used_bytes();
         let max = self.opts.max_bytes;
         let full = self.full.load(Ordering::Relaxed);
         if !full && bytes >= max {
@@ -235,6 +251,15 @@ impl SpoolWriter {
             let progress = self.progress.take();
             if !progress.is_empty() {
                 self.add(None, progress)?;
+            }
+            if self.progress.checkpoint_pending() {
+                if self.uncovered > 0 {
+                    self.add(None, Vec::new())?;
+                    self.checkpoint()?;
+                    self.commit()?;
+                }
+                // Cleared only once committed: the requester then reads committed_seq.
+                self.progress.2.store(false, Ordering::Release);
             }
             match msg {
                 Ok(batch) => {

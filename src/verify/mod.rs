@@ -194,9 +194,10 @@ impl Walk<'_> {
                 ),
             );
         }
+        let mut signed = false;
         if let Some(key) = self.key {
             match (&cp.signed, key.verify(&cp)) {
-                (_, Ok(())) => self.report.signed_checkpoints += 1,
+                (_, Ok(())) => signed = true,
                 (None, Err(_)) if self.report.signed_checkpoints == 0 => {
                     // Written before a signing key was configured.
                 }
@@ -227,13 +228,19 @@ impl Walk<'_> {
             );
         }
         self.report.checkpoints += 1;
+        self.report.signed_checkpoints += signed as u64;
         self.report.covered_through = cp.sequence;
         ControlFlow::Continue(())
     }
 }
 
-/// Verifies the spool (or the range in `opts`).
+/// Verifies the spool (or the range in `opts`), in one read snapshot (a running relay
+/// may go on writing meanwhile).
 pub fn verify_spool(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> {
+    spool.in_snapshot(|| verify_snapshot(spool, opts))
+}
+
+fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> {
     let meta = spool.chain_meta()?;
     let mut walk = Walk {
         key: opts.public_key.as_ref(),
@@ -263,6 +270,25 @@ pub fn verify_spool(spool: &Spool, opts: &Options) -> Result<Report, SpoolError>
         }
     }
     let mut start = walk.expected;
+    // A row below the start (seq <= 0, or inside the purged range) is outside the chain,
+    // yet a query would serve it.
+    if opts.from.is_none() {
+        let mut stray = None;
+        spool.chain_each(i64::MIN, start - 1, |r| {
+            stray = Some(r.seq);
+            ControlFlow::Break(())
+        })?;
+        if let Some(seq) = stray {
+            walk.report.broken = Some(Break {
+                seq,
+                kind: "inserted",
+                detail: format!(
+                    "a row with seq {seq} was inserted before the start of the chain (seq {start})"
+                ),
+            });
+            return Ok(walk.report);
+        }
+    }
     if let Some(from) = opts.from.filter(|f| *f > start) {
         // Start at the checkpoint at or before `from`: its signed head is the anchor.
         if let Some(cp_row) = spool.checkpoint_at_or_before(from)?.filter(|c| *c > start) {
