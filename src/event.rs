@@ -37,6 +37,9 @@ pub struct Event {
     /// The event as compact JSON: every field as given, in the given order, with `args`
     /// as a JSON array (never as a string).
     pub body: String,
+    /// [`crate::integrity::content_digest`] of the fields above, computed here (on the
+    /// source's thread) so the spool writer only links it into the chain.
+    pub digest: [u8; 32],
 }
 
 /// What one record turned out to be.
@@ -220,6 +223,15 @@ fn event_from(text: &str) -> Result<Event, String> {
         body.push_str(if k == "args" { args } else { v.get() });
     }
     body.push('}');
+    let digest = crate::integrity::content_digest(&crate::integrity::Canonical {
+        seq: 0,
+        ts_ms,
+        id: id.as_bytes(),
+        organization_id: &organization_id,
+        actor: &actor_id,
+        action: &action,
+        body: &body,
+    });
     Ok(Event {
         id,
         timestamp,
@@ -228,6 +240,7 @@ fn event_from(text: &str) -> Result<Event, String> {
         organization_id,
         actor_id,
         body,
+        digest,
     })
 }
 

@@ -38,14 +38,31 @@ pub struct Canonical<'a> {
     pub body: &'a str,
 }
 
-/// `SHA-256("audit-relay/event/v1" ‖ prev ‖ seq ‖ ts_ms ‖ id ‖ organizationId ‖ actor ‖
-/// action ‖ body)`, integers as 8-byte big-endian, each string and the id preceded by its
-/// length as 4-byte big-endian. Any change of any column, or of the position, changes it.
+/// `link(prev, seq, content_digest(e))`: any change of any column, or of the position,
+/// changes it.
 pub fn chain_hash(prev: &[u8; 32], e: &Canonical<'_>) -> [u8; 32] {
+    link(prev, e.seq, &content_digest(e))
+}
+
+/// `SHA-256("audit-relay/event/v2" ‖ prev ‖ seq ‖ digest)`, `seq` as 8-byte big-endian:
+/// the chain step. The writer does only this one-block hash; the content digest is
+/// computed where the event is decoded, off the writer's thread.
+pub fn link(prev: &[u8; 32], seq: i64, digest: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"audit-relay/event/v1");
+    h.update(b"audit-relay/event/v2");
     h.update(prev);
-    h.update(e.seq.to_be_bytes());
+    h.update(seq.to_be_bytes());
+    h.update(digest);
+    h.finalize().into()
+}
+
+/// `SHA-256("audit-relay/content/v1" ‖ ts_ms ‖ id ‖ organizationId ‖ actor ‖ action ‖
+/// body)`: what an event says, wherever it sits. `ts_ms` is 8-byte big-endian; the id and
+/// each string are preceded by their length as 4-byte big-endian. (`seq` is not part of
+/// it.)
+pub fn content_digest(e: &Canonical<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"audit-relay/content/v1");
     h.update(e.ts_ms.to_be_bytes());
     for part in [
         e.id,

@@ -3,7 +3,7 @@
 use super::{AppendBatch, CommitReport, ForwardProgress, QuarantineEntry, Stats, StoredEvent};
 use crate::config::Durability;
 use crate::event::{format_timestamp_ms, Event};
-use crate::integrity::{chain_hash, Canonical};
+use crate::integrity::link;
 use crate::query::Query;
 use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
 use crate::source::framing::{Resume, ResumeMode};
@@ -349,18 +349,7 @@ impl Spool {
                     }
                 };
                 let seq = self.last_seq + 1;
-                let hash = chain_hash(
-                    &self.head,
-                    &Canonical {
-                        seq,
-                        ts_ms: ev.ts_ms,
-                        id: ev.id.as_bytes(),
-                        organization_id: &ev.organization_id,
-                        actor: &ev.actor_id,
-                        action: &ev.action,
-                        body: &ev.body,
-                    },
-                );
+                let hash = link(&self.head, seq, &ev.digest);
                 let n = insert.execute(params![
                     seq,
                     ev.ts_ms,
