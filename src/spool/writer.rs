@@ -170,6 +170,8 @@ pub struct SpoolWriter {
     purge: Option<PurgeRun>,
     /// While events arrive, no purge chunk before this.
     purge_next: Instant,
+    /// The last purge chunk failed for want of disk: wait for `purge_next` even when idle.
+    purge_failed: bool,
     progress: ProgressInbox,
     /// Set while the spool's files are at or over `max_bytes`: sources pause.
     full: Arc<AtomicBool>,
@@ -196,6 +198,7 @@ impl SpoolWriter {
             last_purge_check: None,
             purge: None,
             purge_next: Instant::now(),
+            purge_failed: false,
             spool,
             opts,
             upkeep,
@@ -488,7 +491,7 @@ impl SpoolWriter {
     /// `d` is followed by at least `PURGE_SPACING × d` of ingest, so a purge takes at most
     /// about a fifth of the writer's time; when idle, chunks follow each other.
     fn purge_tick(&mut self, busy: bool) -> Result<(), SpoolError> {
-        if self.purge.is_some() && busy && Instant::now() < self.purge_next {
+        if self.purge.is_some() && (busy || self.purge_failed) && Instant::now() < self.purge_next {
             return Ok(());
         }
         if self.purge.is_none() {
@@ -521,9 +524,24 @@ impl SpoolWriter {
         }
         let p = self.purge.as_mut().expect("a purge runs");
         let started = Instant::now();
-        let step = self
-            .spool
-            .purge_step(p.target, self.upkeep.purge_chunk, p.cutoff_ms, p.run)?;
+        let step = match self.spool.purge_step(
+            p.target,
+            self.upkeep.purge_chunk,
+            p.cutoff_ms,
+            p.run,
+        ) {
+            Ok(step) => step,
+            Err(e) if Spool::is_disk_trouble(&e) => {
+                // Deleting needs room in the WAL too; try again later, nothing is lost.
+                self.spool.rollback()?;
+                tracing::warn!(error = %e, "retention could not delete (disk full or failing); trying again in 10 s");
+                self.purge_next = Instant::now() + Duration::from_secs(10);
+                self.purge_failed = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.purge_failed = false;
         self.purge_next = Instant::now() + started.elapsed() * PURGE_SPACING;
         p.run = Some(step.run);
         p.deleted += step.deleted;
