@@ -314,6 +314,41 @@ impl PublicKey {
     }
 }
 
+/// The public keys checkpoints may be signed with: the current one, and the ones before a
+/// rotation (each checkpoint names its key by id).
+#[derive(Debug, Clone)]
+pub struct KeyRing(Vec<PublicKey>);
+
+impl KeyRing {
+    pub fn new(keys: Vec<PublicKey>) -> KeyRing {
+        KeyRing(keys)
+    }
+
+    /// Whether `c` carries a valid signature by one of the keys.
+    pub fn verify(&self, c: &Checkpoint) -> Result<(), String> {
+        let Some((kid, _)) = &c.signed else {
+            return Err("not signed".into());
+        };
+        match self.0.iter().find(|k| k.key_id == *kid) {
+            Some(k) => k.verify(c),
+            None => Err(format!(
+                "signed by key {kid}, which is none of the given keys ({})",
+                self.0
+                    .iter()
+                    .map(|k| k.key_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+impl From<PublicKey> for KeyRing {
+    fn from(k: PublicKey) -> KeyRing {
+        KeyRing(vec![k])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,8 +411,18 @@ mod tests {
             pk.verify(&forged).unwrap_err(),
             "the signature does not match"
         );
-        let other = Signer::from_key(SigningKey::from_bytes(&[8u8; 32])).sign(42, [9; 32], 0);
+        let other_signer = Signer::from_key(SigningKey::from_bytes(&[8u8; 32]));
+        let other = other_signer.sign(42, [9; 32], 0);
         assert!(pk.verify(&other).unwrap_err().contains("signed by key"));
+        // A ring holding both keys (a rotation) verifies both; one key alone does not.
+        let ring = KeyRing::new(vec![pk.clone(), other_signer.public_key()]);
+        ring.verify(&back).unwrap();
+        ring.verify(&other).unwrap();
+        let one: KeyRing = pk.clone().into();
+        assert!(one
+            .verify(&other)
+            .unwrap_err()
+            .contains("none of the given keys"));
         let unsigned = Checkpoint {
             signed: None,
             ..c.clone()

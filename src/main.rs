@@ -73,10 +73,10 @@ enum Command {
         /// Last sequence number to check.
         #[arg(long)]
         to: Option<i64>,
-        /// Public key (PEM) to check signatures with; default: the one of
-        /// integrity.signing_key_file.
+        /// Public key (PEM) to check signatures with; repeat it for the keys used before
+        /// a rotation. Default: the key of integrity.signing_key_file.
         #[arg(long)]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
         /// Also read the log stream(s) back from CloudWatch and check them against the spool
         /// and the checkpoints found there.
         #[arg(long)]
@@ -333,15 +333,20 @@ fn verify(
     config: &Config,
     from: Option<i64>,
     to: Option<i64>,
-    public_key: Option<PathBuf>,
+    public_key: Vec<PathBuf>,
     cloudwatch: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    use audit_relay::integrity::{KeyRing, PublicKey};
     use audit_relay::verify;
-    let public_key = match (&public_key, &config.integrity.signing_key_file) {
-        (Some(p), _) => audit_relay::integrity::PublicKey::load(p).map(Some),
-        (None, Some(k)) => Signer::load(k).map(|s| Some(s.public_key())),
-        (None, None) => Ok(None),
+    let public_key = match (public_key.is_empty(), &config.integrity.signing_key_file) {
+        (false, _) => public_key
+            .iter()
+            .map(|p| PublicKey::load(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|keys| Some(KeyRing::new(keys))),
+        (true, Some(k)) => Signer::load(k).map(|s| Some(s.public_key().into())),
+        (true, None) => Ok(None),
     };
     let public_key = match public_key {
         Ok(k) => k,

@@ -361,3 +361,41 @@ fn a_bad_signing_key_is_a_config_error_that_says_how_to_make_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("integrity.signing_key_file"), "{err}");
 }
+
+#[test]
+fn after_a_key_rotation_both_public_keys_verify_the_spool() {
+    let h = signed_harness();
+    fill(&h, 150);
+    let old_public = h.dir.path().join("old-public.pem");
+    std::fs::write(&old_public, h.cli_ok(&["integrity", "public-key"])).unwrap();
+    // Rotate: a new key in the same file, and more events.
+    std::fs::write(h.dir.path().join("signing.pem"), ed25519_pem([8; 32])).unwrap();
+    let new_public = h.dir.path().join("new-public.pem");
+    std::fs::write(&new_public, h.cli_ok(&["integrity", "public-key"])).unwrap();
+    let mut g = gen::Gen::new(6);
+    let (_, lines) = server_lines(&mut g, 10_000, 150);
+    write_lines(&mut append_to(&h.log("a.log")), &lines);
+    let mut relay = h.start();
+    h.wait_events(&mut relay, 300);
+    relay.terminate();
+
+    // The current key alone: the checkpoints of the old key are not its own.
+    let (code, report) = verify(&h, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["spool"]["broken"]["kind"], "forged_checkpoint");
+    assert_eq!(report["spool"]["broken"]["seq"], 101);
+    // Both keys: everything holds, every checkpoint signed by one of them.
+    let (code, report) = verify(
+        &h,
+        &[
+            "--public-key",
+            old_public.to_str().unwrap(),
+            "--public-key",
+            new_public.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let spool = &report["spool"];
+    assert_eq!(spool["checkpoints"], spool["signed_checkpoints"]);
+    assert!(spool["checkpoints"].as_u64().unwrap() >= 4, "{report:#}");
+}

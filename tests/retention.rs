@@ -95,7 +95,7 @@ fn verified(spool: &Spool) -> audit_relay::verify::Report {
     let r = verify_spool(
         spool,
         &Options {
-            public_key: Some(signer().public_key()),
+            public_key: Some(signer().public_key().into()),
             ..Default::default()
         },
     )
@@ -218,7 +218,7 @@ fn without_forwarding_age_alone_decides_and_young_events_stay() {
     let r = verify_spool(
         &spool,
         &Options {
-            public_key: Some(signer().public_key()),
+            public_key: Some(signer().public_key().into()),
             ..Default::default()
         },
     )

@@ -1,7 +1,7 @@
 //! `audit-relay verify`: checks the spool against its hash chain and its signed checkpoints,
 //! and reports the first broken sequence number with what broke.
 
-use crate::integrity::{to_hex, Checkpoint, PublicKey, GENESIS};
+use crate::integrity::{to_hex, Checkpoint, KeyRing, GENESIS};
 use crate::spool::{ChainMeta, ChainRow, Spool, SpoolError};
 use serde::Serialize;
 use std::fmt;
@@ -115,11 +115,11 @@ pub struct Options {
     pub from: Option<i64>,
     pub to: Option<i64>,
     /// The key checkpoints must be signed with; `None`: signatures are not checked.
-    pub public_key: Option<PublicKey>,
+    pub public_key: Option<KeyRing>,
 }
 
 struct Walk<'a> {
-    key: Option<&'a PublicKey>,
+    key: Option<&'a KeyRing>,
     prev: [u8; 32],
     expected: i64,
     report: Report,
