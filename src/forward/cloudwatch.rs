@@ -171,10 +171,11 @@ impl CloudWatch {
 }
 
 impl CloudWatch {
-    /// Every message of the stream, oldest first, as `(timestamp, message)` (for
-    /// `verify --cloudwatch`). A failed call is tried again a few times.
-    pub async fn read_all(&self) -> Result<Vec<(i64, String)>, String> {
-        let mut out = Vec::new();
+    /// Hands every message of the stream, oldest first, to `f` as `(timestamp, message)`,
+    /// a page at a time (for `verify --cloudwatch`; memory stays one page). A failed call
+    /// is tried again a few times. Returns the number of messages.
+    pub async fn read_each(&self, mut f: impl FnMut(i64, &str)) -> Result<u64, String> {
+        let mut n = 0u64;
         let mut token: Option<String> = None;
         loop {
             let mut attempt = 0;
@@ -207,15 +208,16 @@ impl CloudWatch {
             };
             let events = page.events();
             for e in events {
-                out.push((
+                n += 1;
+                f(
                     e.timestamp().unwrap_or_default(),
-                    e.message().unwrap_or_default().to_string(),
-                ));
+                    e.message().unwrap_or_default(),
+                );
             }
             let next = page.next_forward_token().map(str::to_string);
             // The end is the same token again (an empty page may come before it).
             if next.is_none() || next == token {
-                return Ok(out);
+                return Ok(n);
             }
             token = next;
         }

@@ -110,12 +110,12 @@ pub async fn verify(
         let cw = CloudWatch::connect(cfg, stream.clone())
             .await
             .map_err(anyhow::Error::msg)?;
-        for (ts, message) in cw.read_all().await.map_err(anyhow::Error::msg)? {
+        cw.read_each(|ts, message| {
             report.messages += 1;
-            let head: Option<Head> = serde_json::from_str(&message).ok();
+            let head: Option<Head> = serde_json::from_str(message).ok();
             match head {
                 Some(Head { kind: Some(k), .. }) if k == "checkpoint" => {
-                    match Checkpoint::from_json(&message, true) {
+                    match Checkpoint::from_json(message, true) {
                         Ok(c) => {
                             report.checkpoints += 1;
                             checkpoints.entry(c.sequence).or_default().push(c);
@@ -128,7 +128,7 @@ pub async fn verify(
                     }
                 }
                 Some(Head { id: Some(id), .. }) => {
-                    events.entry((ts, id)).or_default().push(digest(&message))
+                    events.entry((ts, id)).or_default().push(digest(message))
                 }
                 _ => report.added.push(Finding {
                     seq: None,
@@ -140,7 +140,9 @@ pub async fn verify(
                     ),
                 }),
             }
-        }
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
     }
     check_checkpoints(spool, opts, &checkpoints, &mut report)?;
     check_events(cfg, spool, opts, &mut events, &checkpoints, &mut report)?;
