@@ -9,16 +9,14 @@
 
 mod common;
 
-use audit_relay::integrity::{Signer, GENESIS};
-use audit_relay::spool::Spool;
+use audit_relay::integrity::Signer;
 use common::gen::{self, Gen};
 use common::moto::{
-    cloudwatch_section, forward_state, now_ms, spool_checkpoints, spool_order, start_relay,
-    wait_all_forwarded, CwEvent, Moto, HOSTNAME,
+    cloudwatch_section, forward_state, now_ms, relay_command, spool_checkpoints, spool_order,
+    start_relay, wait_all_forwarded, CwEvent, Moto, HOSTNAME,
 };
-use common::{append_to, ed25519_pem, write_lines, Harness, BIN, DEADLINE};
+use common::{append_to, ed25519_pem, rechain, write_lines, Harness, DEADLINE};
 use serde_json::{json, Value};
-use std::process::Command;
 
 const GROUP: &str = "/gitpod/audit";
 /// Events forwarded; no multiple of `checkpoint_every`, so there is a shutdown checkpoint.
@@ -85,25 +83,8 @@ fn forwarded(seed: u64) -> Forwarded {
 
 /// `audit-relay -c CONFIG ARGS` with the test's AWS settings (as the relay gets them).
 fn cli_aws(h: &Harness, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("-c")
-        .arg(&h.config)
+    relay_command(h)
         .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("AUDIT_RELAY_CONFIG")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ROLE_ARN")
-        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", h.dir.path().join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            h.dir.path().join("no-aws-credentials"),
-        )
-        .env("HOSTNAME", HOSTNAME)
         .output()
         .expect("run audit-relay")
 }
@@ -463,7 +444,11 @@ fn cloudwatch_anchors_a_spool_rewritten_and_re_signed() {
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["spool"]["broken"]["seq"], victim_seq, "{report:#}");
     // ...until the chain is recomputed and the later checkpoints are signed again.
-    let resigned = rechain_and_resign(&db, &f.h.spool_dir, &f.key, victim_seq);
+    let resigned = rechain(
+        &f.h.spool_dir,
+        victim_seq,
+        Some(&Signer::load(&f.key).unwrap()),
+    );
     drop(db);
     let expected_problems: Vec<i64> = spool_checkpoints(&f.h)
         .iter()
@@ -515,59 +500,4 @@ fn cloudwatch_anchors_a_spool_rewritten_and_re_signed() {
         assert_eq!(listed(&report, kind), vec![], "{kind}: {report:#}");
     }
     assert_counts(&report, N + CHECKPOINTS, N - 1);
-}
-
-/// Recomputes the stored chain from `from` on, signing every checkpoint row after it
-/// again with the key at `key` (same time, new chain head); updates `meta.chain_head`.
-/// Returns how many checkpoints were signed again.
-fn rechain_and_resign(
-    c: &rusqlite::Connection,
-    dir: &std::path::Path,
-    key: &std::path::Path,
-    from: i64,
-) -> usize {
-    let signer = Signer::load(key).unwrap();
-    let mut prev: [u8; 32] = c
-        .query_row("SELECT hash FROM events WHERE seq = ?1", [from - 1], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })
-        .map(|v| v.try_into().unwrap())
-        .unwrap_or(GENESIS);
-    let mut rows = Vec::new();
-    Spool::open_read_only(dir)
-        .unwrap()
-        .chain_each(from, i64::MAX, |r| {
-            rows.push(r);
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    let mut resigned = 0;
-    c.execute_batch("BEGIN").unwrap();
-    for mut r in rows {
-        if r.is_checkpoint() {
-            let old: Value = serde_json::from_str(&r.body).unwrap();
-            assert_eq!(old["sequence"], r.seq - 1);
-            r.body = signer.sign(r.seq - 1, prev, r.ts_ms).to_json();
-            assert_ne!(old, serde_json::from_str::<Value>(&r.body).unwrap());
-            c.execute(
-                "UPDATE events SET body = ?2 WHERE seq = ?1",
-                rusqlite::params![r.seq, r.body],
-            )
-            .unwrap();
-            resigned += 1;
-        }
-        prev = r.hash_at(&prev, r.seq);
-        c.execute(
-            "UPDATE events SET hash = ?2 WHERE seq = ?1",
-            rusqlite::params![r.seq, prev.as_slice()],
-        )
-        .unwrap();
-    }
-    c.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
-        [prev.as_slice()],
-    )
-    .unwrap();
-    c.execute_batch("COMMIT").unwrap();
-    resigned
 }

@@ -526,3 +526,56 @@ pub fn ed25519_pem(seed: [u8; 32]) -> String {
         base64::engine::general_purpose::STANDARD.encode(der)
     )
 }
+
+/// Recomputes the stored chain hashes of the spool in `dir` from `from` on, as an intruder
+/// who knows the encoding could, and `meta.chain_head`; with `resign`, every checkpoint row
+/// after `from` is signed again (same time, new chain head). Returns how many were.
+pub fn rechain(dir: &Path, from: i64, resign: Option<&audit_relay::integrity::Signer>) -> usize {
+    let c = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    let mut prev: [u8; 32] = c
+        .query_row("SELECT hash FROM events WHERE seq = ?1", [from - 1], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map(|v| v.try_into().unwrap())
+        .unwrap_or(audit_relay::integrity::GENESIS);
+    let mut rows = Vec::new();
+    audit_relay::spool::Spool::open_read_only(dir)
+        .unwrap()
+        .chain_each(from, i64::MAX, |r| {
+            rows.push(r);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mut resigned = 0;
+    c.execute_batch("BEGIN").unwrap();
+    for mut r in rows {
+        if let (Some(signer), true) = (resign, r.is_checkpoint()) {
+            let old: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(old["sequence"], r.seq - 1);
+            r.body = signer.sign(r.seq - 1, prev, r.ts_ms).to_json();
+            assert_ne!(
+                old,
+                serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+            );
+            c.execute(
+                "UPDATE events SET body = ?2 WHERE seq = ?1",
+                rusqlite::params![r.seq, r.body],
+            )
+            .unwrap();
+            resigned += 1;
+        }
+        prev = r.hash_at(&prev, r.seq);
+        c.execute(
+            "UPDATE events SET hash = ?2 WHERE seq = ?1",
+            rusqlite::params![r.seq, prev.as_slice()],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+        [prev.as_slice()],
+    )
+    .unwrap();
+    c.execute_batch("COMMIT").unwrap();
+    resigned
+}

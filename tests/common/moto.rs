@@ -365,15 +365,11 @@ pub fn configure(h: &Harness, endpoint: &str, group: &str, extra: &[&str]) {
     h.write_config(&(h.config_text(&[], &[]) + &cloudwatch_section(endpoint, group, extra)));
 }
 
-/// Starts `audit-relay run` with static test credentials and `HOSTNAME`.
-pub fn start_relay(h: &Harness) -> Relay {
-    let n = h.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    let stderr_path = h.dir.path().join(format!("relay-{n}.stderr"));
-    let stderr = File::create(&stderr_path).unwrap();
-    let child = Command::new(BIN)
-        .arg("-c")
+/// `audit-relay -c CONFIG` with static test credentials, no AWS profile and `HOSTNAME`.
+pub fn relay_command(h: &Harness) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("-c")
         .arg(&h.config)
-        .arg("run")
         .env_remove("RUST_LOG")
         .env_remove("AUDIT_RELAY_CONFIG")
         .env_remove("AWS_PROFILE")
@@ -388,7 +384,17 @@ pub fn start_relay(h: &Harness) -> Relay {
             "AWS_SHARED_CREDENTIALS_FILE",
             h.dir.path().join("no-aws-credentials"),
         )
-        .env("HOSTNAME", HOSTNAME)
+        .env("HOSTNAME", HOSTNAME);
+    c
+}
+
+/// Starts `audit-relay run` with static test credentials and `HOSTNAME`.
+pub fn start_relay(h: &Harness) -> Relay {
+    let n = h.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let stderr_path = h.dir.path().join(format!("relay-{n}.stderr"));
+    let stderr = File::create(&stderr_path).unwrap();
+    let child = relay_command(h)
+        .arg("run")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
