@@ -140,6 +140,11 @@ fn old_forwarded_events_go_unforwarded_ones_stay_and_the_chain_still_verifies() 
     assert_eq!(rec.len(), 1);
     assert_eq!(rec[0].deleted, deleted);
     assert_eq!(rec[0].through_seq, cps[5] - 1);
+    // The newest deleted event's time is kept (verify --cloudwatch tells purged from added).
+    assert_eq!(
+        spool.chain_meta().unwrap().purged_max_ts,
+        now - 95 * DAY + PER_DAY as i64 - 1
+    );
 
     // Space is reused: the purged pages are free, and new events fill them before the
     // file grows.

@@ -57,6 +57,8 @@ pub struct ChainMeta {
     pub purged_through: i64,
     /// The chain hash at `purged_through`, recorded by the purge.
     pub purge_anchor: Option<[u8; 32]>,
+    /// The newest event time (`ts_ms`) retention has deleted (0: nothing).
+    pub purged_max_ts: i64,
     /// The highest forwarding cursor.
     pub max_cursor: i64,
 }
@@ -249,6 +251,7 @@ impl Spool {
             head: blob(get("chain_head")?),
             purged_through: int(get("purged_through")?),
             purge_anchor: blob(get("purge_anchor")?),
+            purged_max_ts: int(get("purged_max_ts")?),
             max_cursor: self
                 .conn
                 .query_row("SELECT max(seq) FROM cursors", [], |r| {
@@ -352,10 +355,10 @@ impl Spool {
                 reason: "retention cannot find the event it would cut at".into(),
             });
         };
-        let checkpoint_rows: i64 = self.conn.query_row(
-            "SELECT count(*) FROM events WHERE seq > ?1 AND seq <= ?2 AND org = ?3",
+        let (checkpoint_rows, max_ts): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT count(*) FILTER (WHERE org = ?3), max(ts_ms) FILTER (WHERE org != ?3) FROM events WHERE seq > ?1 AND seq <= ?2",
             params![from, to, CHECKPOINT_ORG],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let deleted = self.conn.execute(
             "DELETE FROM events WHERE seq > ?1 AND seq <= ?2",
@@ -371,6 +374,13 @@ impl Spool {
         self.conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('purged_through', ?1), ('purge_anchor', ?2)",
             params![to, anchor],
+        )?;
+        // The newest time among deleted events: verify --cloudwatch tells a purged event
+        // from one added to CloudWatch by it.
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('purged_max_ts', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            [max_ts.unwrap_or(0)],
         )?;
         let run = match run {
             Some(pid) => {

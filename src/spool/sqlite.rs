@@ -159,6 +159,9 @@ impl Spool {
         conn.execute_batch(SCHEMA)?;
         if version == 1 || version == 2 {
             super::chain::hash_existing(&conn)?;
+            // The upgrade rewrote every row: fold the WAL back so it does not stay the
+            // size of the spool (and count against spool.max_bytes).
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             tracing::info!(path = %path.display(), "spool upgraded to format 3: hash chain computed over the stored events");
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -815,6 +818,45 @@ mod tests {
             Decoded::Event(e) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_format_2_spool_is_hashed_on_upgrade_exactly_as_the_writer_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        let events = (0..50).map(|i| ev(i, ["A", "B", "C"][i as usize % 3], 1000 + i as i64));
+        s.append(&AppendBatch {
+            events: events.collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let hashes = |c: &Connection| -> Vec<Vec<u8>> {
+            let mut stmt = c.prepare("SELECT hash FROM events ORDER BY seq").unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        let written = hashes(&s.conn);
+        drop(s);
+        // Back to format 2: no hash column, no purges, no chain head.
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch(
+            "ALTER TABLE events DROP COLUMN hash; DROP TABLE purges;
+             DELETE FROM meta WHERE key = 'chain_head'; DELETE FROM orgs WHERE org = 0;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(c);
+        let s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        assert_eq!(hashes(&s.conn), written);
+        assert_eq!(s.head.to_vec(), *written.last().unwrap());
+        let wal = std::fs::metadata(dir.path().join("spool.db-wal")).map_or(0, |m| m.len());
+        assert!(
+            wal < 16 << 10,
+            "the upgrade leaves its WAL behind: {wal} bytes"
+        );
+        let r = crate::verify::verify_spool(&s, &Default::default()).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.rows, 50);
     }
 
     #[test]

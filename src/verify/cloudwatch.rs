@@ -61,7 +61,8 @@ pub struct CloudWatchReport {
     pub resent: u64,
     pub checkpoints: u64,
     pub signed_checkpoints: u64,
-    /// Messages of events the spool no longer holds (purged by retention): not checked.
+    /// Messages of events the spool no longer holds: not in the spool, and no newer than
+    /// the newest event retention deleted. Not checked.
     pub older_than_spool: u64,
     pub missing: Findings,
     pub added: Findings,
@@ -237,9 +238,7 @@ fn check_events(
     let meta = spool.chain_meta()?;
     let from = opts.from.unwrap_or(meta.purged_through + 1);
     let to = opts.to.unwrap_or(i64::MAX);
-    let mut first_ts: Option<i64> = None;
     spool.chain_each(from, to, |r| {
-        first_ts.get_or_insert(r.ts_ms);
         if r.is_checkpoint() {
             if r.seq <= cursor && !checkpoints.contains_key(&(r.seq - 1)) {
                 report.missing.push(Finding {
@@ -293,7 +292,7 @@ fn check_events(
         if ranged {
             continue;
         }
-        if meta.purged_through > 0 && first_ts.is_none_or(|f| ts < f) {
+        if meta.purged_through > 0 && ts <= meta.purged_max_ts {
             report.older_than_spool += copies.len() as u64;
             continue;
         }
