@@ -135,7 +135,20 @@ async fn run_pipeline(
         max_bytes: config.spool.max_bytes.0,
     };
     let signer = match &config.integrity.signing_key_file {
-        Some(path) => Some(Arc::new(Signer::load(path)?)),
+        Some(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o007 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "integrity.signing_key_file is readable by every user; anyone who can read it can re-sign a rewritten spool (chmod 600 it, or 0440 with a group)"
+                );
+            }
+            Some(Arc::new(Signer::load(path)?))
+        }
         None => {
             tracing::warn!("integrity.signing_key_file is not set: checkpoints are not signed, so a deliberate rewrite of the spool would not be detected");
             None

@@ -337,7 +337,9 @@ fn after_a_key_rotation_both_public_keys_verify_the_spool() {
     let old_public = h.dir.path().join("old-public.pem");
     std::fs::write(&old_public, h.cli_ok(&["integrity", "public-key"])).unwrap();
     // Rotate: a new key in the same file, and more events.
-    std::fs::write(h.dir.path().join("signing.pem"), ed25519_pem([8; 32])).unwrap();
+    let key = h.dir.path().join("signing.pem");
+    std::fs::write(&key, ed25519_pem([8; 32])).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let new_public = h.dir.path().join("new-public.pem");
     std::fs::write(&new_public, h.cli_ok(&["integrity", "public-key"])).unwrap();
     let mut g = gen::Gen::new(6);
@@ -345,7 +347,14 @@ fn after_a_key_rotation_both_public_keys_verify_the_spool() {
     write_lines(&mut append_to(&h.log("a.log")), &lines);
     let mut relay = h.start();
     h.wait_events(&mut relay, 300);
+    let log = relay.log_path();
     relay.terminate();
+    // The first key was readable by all (as written by the test), the second is 0600.
+    let warning = "integrity.signing_key_file is readable by every user";
+    let first = std::fs::read_to_string(h.dir.path().join("relay-1.stderr")).unwrap();
+    assert!(first.contains(warning), "{first}");
+    let second = std::fs::read_to_string(log).unwrap();
+    assert!(!second.contains(warning), "{second}");
 
     // The current key alone: the checkpoints of the old key are not its own.
     let (code, report) = verify(&h, &[]);
