@@ -11,8 +11,8 @@ mod common;
 use common::gen::{self, Gen};
 use common::moto::{
     assert_checkpoints_forwarded, assert_only_shutdown_checkpoint_unforwarded,
-    assert_same_sequence, checkpoint_messages, configure, event_ids, now_ms, rejected_rows,
-    spool_checkpoints, spool_order, start_relay, wait_all_forwarded, Moto, HOSTNAME,
+    assert_same_sequence, checkpoint_messages, configure, event_ids, forward_state, now_ms,
+    rejected_rows, spool_checkpoints, spool_order, start_relay, wait_all_forwarded, Moto, HOSTNAME,
 };
 use common::proxy::{assert_cloudwatch_rules, call_bytes, is_checkpoint, Faults, Outcome, Proxy};
 use common::{append_to, write_lines, Harness};
@@ -446,4 +446,42 @@ fn rule_checks_catch_broken_calls() {
         std::panic::catch_unwind(|| assert_retries_identical(&retried)).is_err(),
         "a retry that differs"
     );
+}
+
+/// A crash between CloudWatch accepting a call and the cursor's commit: at the next start
+/// the forwarder finds those events at the stream's end and does not send them again;
+/// what is not there is sent.
+#[test]
+fn events_accepted_before_a_lost_cursor_commit_are_not_sent_twice() {
+    let moto = Moto::start();
+    let h = Harness::new();
+    configure(&h, &moto.endpoint(), GROUP, &[]);
+    let mut relay = start_relay(&h);
+    let t0 = now_ms() - 60_000;
+    let mut g = Gen::new(21);
+    let (first, ls) = lines(&mut g, t0, 0, 800, 1);
+    write_lines(&mut append_to(&h.log("server.log")), &ls);
+    wait_all_forwarded(&h, &mut relay, 800, Duration::from_secs(30));
+    relay.terminate();
+    // As if the last commits of the cursor were lost: 500 rows back.
+    let (last, cursor) = forward_state(&h);
+    assert_eq!(last, cursor);
+    rusqlite::Connection::open(h.db_path())
+        .unwrap()
+        .execute("UPDATE cursors SET seq = seq - 500", [])
+        .unwrap();
+    // And 200 new events the stream has not seen.
+    let (second, ls) = lines(&mut g, t0, 800, 200, 1);
+    write_lines(&mut append_to(&h.log("server.log")), &ls);
+    let mut relay = start_relay(&h);
+    wait_all_forwarded(&h, &mut relay, 1000, Duration::from_secs(30));
+    let log = relay.log();
+    relay.terminate();
+    assert!(
+        log.contains("in CloudWatch already"),
+        "the forwarder did not look at the stream's end: {log}"
+    );
+    let cw = event_ids(&moto.events(GROUP, HOSTNAME));
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_same_sequence(&cw, &all, "after the lost cursor commit");
 }

@@ -171,6 +171,30 @@ impl CloudWatch {
 }
 
 impl CloudWatch {
+    /// The stream's newest messages (by timestamp; up to 10,000 or 1 MB), as
+    /// `(timestamp, message)`; one call, no retry (a hint, not a requirement).
+    pub async fn newest(&self) -> Result<Vec<(i64, String)>, String> {
+        let page = self
+            .client
+            .get_log_events()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .start_from_head(false)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(&e).to_string())?;
+        Ok(page
+            .events()
+            .iter()
+            .map(|e| {
+                (
+                    e.timestamp().unwrap_or_default(),
+                    e.message().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
     /// Hands every message of the stream, oldest first, to `f` as `(timestamp, message)`,
     /// a page at a time (for `verify --cloudwatch`; memory stays one page). A failed call
     /// is tried again a few times. Returns the number of messages.

@@ -175,6 +175,7 @@ impl Forwarder {
             tracing::info!("forwarder stopped before it started");
             return;
         }
+        let cursor = self.skip_already_sent(cursor).await;
         let mut read_pos = cursor;
         let mut builder = BatchBuilder::new(self.opts.limits);
         let mut first_offer: Option<Instant> = None;
@@ -348,6 +349,68 @@ impl Forwarder {
     }
 
     /// Creates the group and stream, retrying like a call.
+    /// After a crash, the calls CloudWatch accepted in the moment before the cursor was
+    /// committed are in the stream already. Moves the cursor over the events right after
+    /// it that the stream's newest messages hold, byte for byte, so they are not sent
+    /// twice. Stops at the first one it does not find (which is sent as usual), so it
+    /// never skips an event that is not in CloudWatch.
+    async fn skip_already_sent(&mut self, cursor: i64) -> i64 {
+        let newest = match self.cw.newest().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the stream's newest messages; events after the cursor are sent again");
+                return cursor;
+            }
+        };
+        if newest.is_empty() {
+            return cursor;
+        }
+        let sent: std::collections::HashSet<(i64, &str)> =
+            newest.iter().map(|(t, m)| (*t, m.as_str())).collect();
+        let mut at = cursor;
+        let mut skipped = 0u64;
+        // Other streams' events are passed over, but not without end.
+        let mut examined = 0usize;
+        'rows: while examined < 4 * newest.len() + 1024 {
+            let rows = self.read_after(at).await;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                examined += 1;
+                if self.is_mine(row.org).await {
+                    let (message, _) = self.format.render(&row.body, row.ts_ms);
+                    if !sent.contains(&(row.ts_ms, message.as_str())) {
+                        break 'rows;
+                    }
+                    skipped += 1;
+                }
+                at = row.seq;
+            }
+        }
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                from_seq = cursor + 1,
+                to_seq = at,
+                "events after the cursor are in CloudWatch already (accepted just before a crash): not sent again"
+            );
+            self.health.cursor.store(at, Ordering::Release);
+            self.inbox.push(ForwardProgress {
+                cursor_name: self.opts.cursor_name.clone(),
+                cursor: at,
+                forwarded: 0,
+                rejected: Vec::new(),
+            });
+        }
+        // Another shard's events after the last one found are stepped over as usual.
+        if skipped == 0 {
+            cursor
+        } else {
+            at
+        }
+    }
+
     async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
         let mut backoff = self.backoff();
         loop {
