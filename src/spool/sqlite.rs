@@ -113,6 +113,16 @@ CREATE TABLE IF NOT EXISTS purges(
 INSERT OR IGNORE INTO orgs(org, organization_id) VALUES (0, '');
 ";
 
+/// A row of `SELECT seq, ts_ms, body, org ...`.
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        ts_ms: r.get(1)?,
+        body: r.get(2)?,
+        org: r.get(3)?,
+    })
+}
+
 /// The cursor name of the (single) CloudWatch forwarder.
 pub const FORWARD_CURSOR: &str = "cloudwatch";
 
@@ -467,14 +477,7 @@ impl Spool {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, ts_ms, body, org FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after, limit as i64], |r| {
-            Ok(StoredEvent {
-                seq: r.get(0)?,
-                ts_ms: r.get(1)?,
-                body: r.get(2)?,
-                org: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![after, limit as i64], stored_event)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -490,14 +493,7 @@ impl Spool {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, ts_ms, body, org FROM events WHERE ts_ms >= ?1 AND ts_ms <= ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![from_ms, to_ms, after, limit as i64], |r| {
-            Ok(StoredEvent {
-                seq: r.get(0)?,
-                ts_ms: r.get(1)?,
-                body: r.get(2)?,
-                org: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![from_ms, to_ms, after, limit as i64], stored_event)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -765,13 +761,7 @@ impl Spool {
         ];
         let mut rows = stmt.query(params).map_err(SpoolError::from)?;
         while let Some(r) = rows.next().map_err(SpoolError::from)? {
-            let ev = StoredEvent {
-                seq: r.get(0).map_err(SpoolError::from)?,
-                ts_ms: r.get(1).map_err(SpoolError::from)?,
-                body: r.get(2).map_err(SpoolError::from)?,
-                org: r.get(3).map_err(SpoolError::from)?,
-            };
-            f(ev)?;
+            f(stored_event(r).map_err(SpoolError::from)?)?;
         }
         Ok(())
     }

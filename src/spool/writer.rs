@@ -250,7 +250,6 @@ impl SpoolWriter {
                 std::thread::sleep(wait.min(IDLE_POLL));
                 Err(RecvTimeoutError::Timeout)
             };
-            self.check_disk_cap();
             let progress = self.progress.take();
             if !progress.is_empty() {
                 self.add(None, progress)?;
@@ -272,6 +271,10 @@ impl SpoolWriter {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    if self.txn.since.is_none() {
+                        // Idle: retention may have freed space.
+                        self.check_disk_cap();
+                    }
                     if self.txn.since.is_some() {
                         self.commit()?;
                     } else if stop.is_cancelled() && self.progress.is_empty() {
@@ -366,6 +369,8 @@ impl SpoolWriter {
 
     /// Bookkeeping after a successful commit.
     fn committed(&mut self) {
+        // The spool grows at commits: that is when the cap is looked at.
+        self.check_disk_cap();
         let txn = std::mem::take(&mut self.txn);
         self.totals.commits += 1;
         self.totals.stored += txn.report.stored;

@@ -14,7 +14,7 @@ use crate::config::CloudWatchConfig;
 use crate::forward::cloudwatch::CloudWatch;
 use crate::forward::message::MessageFormat;
 use crate::integrity::{to_hex, Checkpoint};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{ChainMeta, Spool, SpoolError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -145,18 +145,27 @@ pub async fn verify(
         .await
         .map_err(anyhow::Error::msg)?;
     }
-    check_checkpoints(spool, opts, &checkpoints, &mut report)?;
-    check_events(cfg, spool, opts, &mut events, &checkpoints, &mut report)?;
+    let meta = spool.chain_meta()?;
+    check_checkpoints(spool, opts, &meta, &checkpoints, &mut report)?;
+    check_events(
+        cfg,
+        spool,
+        opts,
+        &meta,
+        &mut events,
+        &checkpoints,
+        &mut report,
+    )?;
     Ok(report)
 }
 
 fn check_checkpoints(
     spool: &Spool,
     opts: &Options,
+    meta: &ChainMeta,
     found: &BTreeMap<i64, Vec<Checkpoint>>,
     report: &mut CloudWatchReport,
 ) -> Result<(), SpoolError> {
-    let meta = spool.chain_meta()?;
     for (seq, copies) in found {
         // Every copy is checked; an identical later copy is a re-send.
         for (i, c) in copies.iter().enumerate() {
@@ -164,7 +173,7 @@ fn check_checkpoints(
                 report.resent += 1;
                 continue;
             }
-            check_checkpoint(spool, opts, &meta, *seq, c, report)?;
+            check_checkpoint(spool, opts, meta, *seq, c, report)?;
         }
     }
     Ok(())
@@ -173,7 +182,7 @@ fn check_checkpoints(
 fn check_checkpoint(
     spool: &Spool,
     opts: &Options,
-    meta: &crate::spool::ChainMeta,
+    meta: &ChainMeta,
     seq: i64,
     c: &Checkpoint,
     report: &mut CloudWatchReport,
@@ -228,6 +237,7 @@ fn check_events(
     cfg: &CloudWatchConfig,
     spool: &Spool,
     opts: &Options,
+    meta: &ChainMeta,
     events: &mut HashMap<(i64, String), Vec<[u8; 32]>>,
     checkpoints: &BTreeMap<i64, Vec<Checkpoint>>,
     report: &mut CloudWatchReport,
@@ -235,7 +245,6 @@ fn check_events(
     let format = MessageFormat::new(&cfg.static_fields, cfg.max_event_bytes.0 as usize);
     let cursor = spool.min_cursor(&crate::forward::cursor_names(Some(cfg)))?;
     let rejected = spool.rejected_seqs()?;
-    let meta = spool.chain_meta()?;
     let from = opts.from.unwrap_or(meta.purged_through + 1);
     let to = opts.to.unwrap_or(i64::MAX);
     spool.chain_each(from, to, |r| {
