@@ -49,7 +49,54 @@ pub enum Decoded {
     /// Not an audit event (ordinary server logging): skipped and counted.
     Skipped,
     /// An audit record that cannot be stored: quarantined with this reason.
-    Invalid(String),
+    Invalid(Invalid),
+}
+
+/// Why a record cannot be stored.
+///
+/// The reason names the field and what is wrong with it, never the input itself, so it
+/// may be logged; the offending value, which is input (it may hold an event's `args`),
+/// is kept apart and only stored, with the raw bytes, in the quarantine table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field and the kind of problem, e.g. `id: not a UUID`.
+    pub reason: String,
+    /// The offending value (or a parser's message that may quote it), shown capped.
+    pub value: Option<String>,
+}
+
+impl Invalid {
+    fn with_value(reason: impl Into<String>, value: impl Into<String>) -> Invalid {
+        Invalid {
+            reason: reason.into(),
+            value: Some(value.into()),
+        }
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(reason: String) -> Invalid {
+        Invalid {
+            reason,
+            value: None,
+        }
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(reason: &str) -> Invalid {
+        Invalid::from(reason.to_string())
+    }
+}
+
+/// The stored form: the reason, then the value (`id: not a UUID: "nope"`).
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}: {v}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
 }
 
 /// The top-level members of a JSON object, in order, values left unparsed.
@@ -76,24 +123,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 }
 
 impl<'a> Members<'a> {
-    fn parse(text: &'a str) -> Result<Self, String> {
+    fn parse(text: &'a str) -> Result<Self, Invalid> {
+        // serde_json's messages may quote the input ("invalid type: string \"…\""), so
+        // they are the value, not the reason.
         serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
-                format!("not a JSON object: {e}")
+                Invalid::with_value("not a JSON object", e.to_string())
             } else {
-                format!("not valid JSON: {e}")
+                Invalid::with_value("not valid JSON", e.to_string())
             }
         })
     }
 
     /// The one value of `key`; a repeated key is refused, as JSON readers disagree on
     /// which copy wins.
-    fn get(&self, key: &str) -> Result<Option<&'a RawValue>, String> {
+    fn get(&self, key: &str) -> Result<Option<&'a RawValue>, Invalid> {
         let mut found = None;
         for (k, v) in &self.0 {
             if k == key {
                 if found.is_some() {
-                    return Err(format!("{key}: appears more than once"));
+                    return Err(format!("{key}: appears more than once").into());
                 }
                 found = Some(*v);
             }
@@ -125,23 +174,39 @@ fn shown(s: &str) -> String {
     }
 }
 
-fn string_field(m: &Members, key: &str) -> Result<String, String> {
+fn string_field(m: &Members, key: &str) -> Result<String, Invalid> {
     let raw = m.get(key)?.ok_or_else(|| format!("{key}: missing"))?;
     if !raw.get().starts_with('"') {
-        return Err(format!("{key}: expected a string, got {}", kind(raw)));
+        return Err(format!("{key}: expected a string, got {}", kind(raw)).into());
     }
-    serde_json::from_str(raw.get()).map_err(|e| format!("{key}: {e}"))
+    serde_json::from_str(raw.get())
+        .map_err(|e| Invalid::with_value(format!("{key}: not a valid JSON string"), e.to_string()))
 }
 
-fn id_field(m: &Members, key: &str) -> Result<String, String> {
+/// An `organizationId` or `actorId`. One that reads as a UUID in any of its forms
+/// (upper case, braced, `urn:uuid:`, without hyphens) is stored in the canonical form,
+/// lower case with hyphens, so that every comparison (API scope, filters, verify) is
+/// exact; any other identifier is kept as written.
+fn id_field(m: &Members, key: &str) -> Result<String, Invalid> {
     let v = string_field(m, key)?;
     let n = v.chars().count();
     if n == 0 || n > MAX_ID_CHARS {
-        return Err(format!(
-            "{key}: must be 1 to {MAX_ID_CHARS} characters, got {n}"
-        ));
+        return Err(format!("{key}: must be 1 to {MAX_ID_CHARS} characters, got {n}").into());
     }
-    Ok(v)
+    Ok(canonical_id(v))
+}
+
+/// The canonical form of an identifier: a UUID's lower-case hyphenated text, or the
+/// identifier itself when it is not a UUID.
+pub fn canonical_id(v: String) -> String {
+    match Uuid::try_parse(&v) {
+        Ok(u) if !is_canonical(&v) => u.hyphenated().to_string(),
+        _ => v,
+    }
+}
+
+fn is_canonical(v: &str) -> bool {
+    v.len() == 36 && !v.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Parses an RFC 3339 timestamp into UTC milliseconds since the epoch.
@@ -166,19 +231,22 @@ pub fn format_timestamp_ms(ms: i64) -> String {
 }
 
 /// Validates an event object and builds its stored form.
-fn event_from(text: &str) -> Result<Event, String> {
+///
+/// The body keeps every field as written, in order, except that `args` becomes the
+/// array itself and `id`, `organizationId` and `actorId` are in their canonical form
+/// (see [`canonical_id`]): one stored form per identifier.
+fn event_from(text: &str) -> Result<Event, Invalid> {
     let m = Members::parse(text)?;
     let id_s = string_field(&m, "id")?;
-    let id = Uuid::try_parse(&id_s).map_err(|_| format!("id: not a UUID: {}", shown(&id_s)))?;
+    let id =
+        Uuid::try_parse(&id_s).map_err(|_| Invalid::with_value("id: not a UUID", shown(&id_s)))?;
     let timestamp = string_field(&m, "timestamp")?;
     let ts_ms = parse_timestamp_ms(&timestamp)
-        .ok_or_else(|| format!("timestamp: not RFC 3339: {}", shown(&timestamp)))?;
+        .ok_or_else(|| Invalid::with_value("timestamp: not RFC 3339", shown(&timestamp)))?;
     let action = string_field(&m, "action")?;
     let n = action.chars().count();
     if n == 0 || n > MAX_ACTION_CHARS {
-        return Err(format!(
-            "action: must be 1 to {MAX_ACTION_CHARS} characters, got {n}"
-        ));
+        return Err(format!("action: must be 1 to {MAX_ACTION_CHARS} characters, got {n}").into());
     }
     let organization_id = id_field(&m, "organizationId")?;
     let actor_id = id_field(&m, "actorId")?;
@@ -188,19 +256,18 @@ fn event_from(text: &str) -> Result<Event, String> {
     let args: &str = match args_raw.get().as_bytes()[0] {
         b'[' => args_raw.get(),
         b'"' => {
-            let inner: String =
-                serde_json::from_str(args_raw.get()).map_err(|e| format!("args: {e}"))?;
+            let inner: String = serde_json::from_str(args_raw.get())
+                .map_err(|e| Invalid::with_value("args: not a valid JSON string", e.to_string()))?;
             let arr: &RawValue = serde_json::from_str(&inner).map_err(|_| {
-                format!(
-                    "args: a string that does not hold a JSON array: {}",
-                    shown(&inner)
+                Invalid::with_value(
+                    "args: a string that does not hold a JSON array",
+                    shown(&inner),
                 )
             })?;
             if !arr.get().starts_with('[') {
-                return Err(format!(
-                    "args: a string that holds {}, not a JSON array",
-                    kind(arr)
-                ));
+                return Err(
+                    format!("args: a string that holds {}, not a JSON array", kind(arr)).into(),
+                );
             }
             unquoted = arr.get().to_string();
             &unquoted
@@ -209,9 +276,11 @@ fn event_from(text: &str) -> Result<Event, String> {
             return Err(format!(
                 "args: expected a JSON array or a string holding one, got {}",
                 kind(args_raw)
-            ))
+            )
+            .into())
         }
     };
+    let id_text = id.hyphenated().to_string();
     let mut body = String::with_capacity(text.len());
     body.push('{');
     for (i, (k, v)) in m.0.iter().enumerate() {
@@ -220,7 +289,13 @@ fn event_from(text: &str) -> Result<Event, String> {
         }
         body.push_str(&serde_json::to_string(k).expect("a string serializes"));
         body.push(':');
-        body.push_str(if k == "args" { args } else { v.get() });
+        match k.as_ref() {
+            "args" => body.push_str(args),
+            "id" => push_json_string(&mut body, &id_text),
+            "organizationId" => push_json_string(&mut body, &organization_id),
+            "actorId" => push_json_string(&mut body, &actor_id),
+            _ => body.push_str(v.get()),
+        }
     }
     body.push('}');
     let digest = crate::integrity::content_digest(&crate::integrity::Canonical {
@@ -244,15 +319,22 @@ fn event_from(text: &str) -> Result<Event, String> {
     })
 }
 
+fn push_json_string(body: &mut String, s: &str) {
+    body.push_str(&serde_json::to_string(s).expect("a string serializes"));
+}
+
 /// Decodes one record under the configured envelope.
 pub fn decode(record: &[u8], envelope: Envelope) -> Decoded {
     let text = match std::str::from_utf8(record) {
         Ok(t) => t,
         Err(e) => {
-            return Decoded::Invalid(format!(
-                "not valid UTF-8: invalid byte sequence at byte {}",
-                e.valid_up_to()
-            ))
+            return Decoded::Invalid(
+                format!(
+                    "not valid UTF-8: invalid byte sequence at byte {}",
+                    e.valid_up_to()
+                )
+                .into(),
+            )
         }
     };
     match decode_str(text, envelope) {
@@ -262,31 +344,53 @@ pub fn decode(record: &[u8], envelope: Envelope) -> Decoded {
     }
 }
 
-fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, String> {
-    let is_server_log = |m: &Members| {
-        m.has("message") || m.has("payload") || m.has("payloadStub") || m.has("severity")
-    };
+/// The fields every audit event has; `envelope = "auto"` goes by them.
+const EVENT_FIELDS: [&str; 6] = [
+    "id",
+    "timestamp",
+    "action",
+    "organizationId",
+    "actorId",
+    "args",
+];
+
+fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> {
     match envelope {
         Envelope::Event => event_from(text).map(Some),
-        Envelope::ServerLog | Envelope::Auto => {
+        Envelope::ServerLog => server_log(&Members::parse(text)?),
+        Envelope::Auto => {
+            // Decided by the event's own fields, not by log-line keys: a bare event may
+            // well carry a `message` or `severity` of its own. A server log line wraps its
+            // event in `payload`, so it has none of the event's fields at the top.
             let m = Members::parse(text)?;
-            if envelope == Envelope::Auto && !is_server_log(&m) {
-                return event_from(text).map(Some);
-            }
-            let message = m.get("message")?;
-            if message.map(|v| v.get()) != Some("\"audit\"") {
-                return Ok(None);
-            }
-            match m.get("payload")? {
-                Some(p) if p.get().starts_with('{') => event_from(p.get()).map(Some),
-                Some(p) => Err(format!("payload: expected an object, got {}", kind(p))),
-                None if m.has("payloadStub") => Err(
-                    "payload: replaced by payloadStub (the line was over 32 KiB at the emitter); the event cannot be recovered"
-                        .to_string(),
-                ),
-                None => Err("payload: missing".to_string()),
+            let own = EVENT_FIELDS.iter().filter(|k| m.has(k)).count();
+            let wrapper = ["message", "severity", "payload", "payloadStub"]
+                .iter()
+                .any(|k| m.has(k));
+            if own >= EVENT_FIELDS.len() / 2 || !wrapper {
+                event_from(text).map(Some)
+            } else {
+                server_log(&m)
             }
         }
+    }
+}
+
+/// A server log line: the event in `payload` of a line whose `message` is `audit`;
+/// every other line is ordinary logging, skipped.
+fn server_log(m: &Members) -> Result<Option<Event>, Invalid> {
+    let message = m.get("message")?;
+    if message.map(|v| v.get()) != Some("\"audit\"") {
+        return Ok(None);
+    }
+    match m.get("payload")? {
+        Some(p) if p.get().starts_with('{') => event_from(p.get()).map(Some),
+        Some(p) => Err(format!("payload: expected an object, got {}", kind(p)).into()),
+        None if m.has("payloadStub") => Err(
+            "payload: replaced by payloadStub (the line was over 32 KiB at the emitter); the event cannot be recovered"
+                .into(),
+        ),
+        None => Err("payload: missing".into()),
     }
 }
 
@@ -307,15 +411,17 @@ impl ApiAuditLog {
     /// Builds the API form from a stored body. Fails only if the body was not written
     /// by [`decode`] (a corrupted spool).
     pub fn from_body(body: &str, ts_ms: i64) -> Result<Self, String> {
-        let m = Members::parse(body)?;
+        let m = Members::parse(body).map_err(|e| e.to_string())?;
+        let string_field = |k| string_field(&m, k).map_err(|e| e.to_string());
         Ok(ApiAuditLog {
-            id: string_field(&m, "id")?,
+            id: string_field("id")?,
             timestamp: format_timestamp_ms(ts_ms),
-            action: string_field(&m, "action")?,
-            organization_id: string_field(&m, "organizationId")?,
-            actor_id: string_field(&m, "actorId")?,
+            action: string_field("action")?,
+            organization_id: string_field("organizationId")?,
+            actor_id: string_field("actorId")?,
             args: m
-                .get("args")?
+                .get("args")
+                .map_err(|e| e.to_string())?
                 .map(|a| a.get().to_string())
                 .unwrap_or_else(|| "[]".into()),
         })
@@ -325,7 +431,7 @@ impl ApiAuditLog {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = <&RawValue>::deserialize(d)?;
-        event_from(raw.get()).map_err(de::Error::custom)
+        event_from(raw.get()).map_err(|e| de::Error::custom(e.to_string()))
     }
 }
 
@@ -344,7 +450,7 @@ mod tests {
 
     fn invalid(line: &str, env: Envelope) -> String {
         match decode(line.as_bytes(), env) {
-            Decoded::Invalid(r) => r,
+            Decoded::Invalid(r) => r.to_string(),
             other => panic!("expected invalid, got {other:?}"),
         }
     }
@@ -475,6 +581,89 @@ mod tests {
         assert_eq!(
             decode(b"{\"id\":\"\xff\"}", Envelope::Event),
             Decoded::Invalid("not valid UTF-8: invalid byte sequence at byte 7".into())
+        );
+    }
+
+    #[test]
+    fn identifiers_are_stored_in_one_canonical_form() {
+        let id = "1ac75456-ae7d-4233-9914-32d124fa35c3";
+        let org = "3d5e4ee2-7e5f-468f-b027-276a65518784";
+        let forms = [
+            (id.to_uppercase(), org.to_uppercase()),
+            (format!("{{{id}}}"), format!("urn:uuid:{org}")),
+            (id.replace('-', ""), org.replace('-', "").to_uppercase()),
+        ];
+        for (i, o) in forms {
+            let line = EVENT.replace(id, &i).replace(
+                &format!("\"organizationId\":\"{org}\""),
+                &format!("\"organizationId\":\"{o}\""),
+            );
+            assert_ne!(line, EVENT);
+            let e = event(&line, Envelope::Event);
+            assert_eq!(e.body, EVENT, "{i} / {o}");
+            assert_eq!(e.organization_id, org);
+            assert_eq!(e, event(EVENT, Envelope::Event));
+        }
+        // An identifier that is not a UUID is kept exactly as written.
+        let other = EVENT.replace(
+            "\"actorId\":\"e2eb4315-1ce5-4c5b-b1a1-d6a891c08a56\"",
+            "\"actorId\":\"Service-Account-7\"",
+        );
+        assert_eq!(event(&other, Envelope::Event).actor_id, "Service-Account-7");
+        assert_eq!(event(&other, Envelope::Event).body, other);
+    }
+
+    #[test]
+    fn auto_goes_by_the_events_own_fields() {
+        // A bare event that carries keys of its own named like log-line keys.
+        let with_message = EVENT.replace(
+            "{\"id\"",
+            "{\"message\":\"hi\",\"severity\":\"INFO\",\"id\"",
+        );
+        assert_eq!(event(&with_message, Envelope::Auto).body, with_message);
+        // Missing one field of six, it is still an event: quarantined, not skipped.
+        let no_args =
+            with_message.replace(",\"args\":[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]", "");
+        assert_eq!(invalid(&no_args, Envelope::Auto), "args: missing");
+        // Ordinary logging with none of the event's fields is still skipped.
+        let plain =
+            r#"{"severity":"INFO","message":"audit-ish","component":"server","action":"x"}"#;
+        assert_eq!(decode(plain.as_bytes(), Envelope::Auto), Decoded::Skipped);
+    }
+
+    #[test]
+    fn reasons_never_carry_the_input() {
+        let secret = "s3cr3t-token-value";
+        let cases = [
+            EVENT.replace(
+                "\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\"",
+                &format!("\"id\":\"{secret}\""),
+            ),
+            EVENT.replace("2024-06-24T13:29:36.484Z", secret),
+            EVENT.replace(
+                "[\"3d5e4ee2-7e5f-468f-b027-276a65518784\"]",
+                &format!("\"{secret}\""),
+            ),
+            format!("[\"{secret}\"]"),
+            format!("{{\"id\": \"{secret}"),
+        ];
+        for line in cases {
+            let Decoded::Invalid(why) = decode(line.as_bytes(), Envelope::Auto) else {
+                panic!("{line}: expected invalid");
+            };
+            assert!(!why.reason.contains(secret), "{line}: {}", why.reason);
+            assert!(!why.reason.is_empty());
+        }
+        // The stored form keeps the value for the operator.
+        let Decoded::Invalid(why) = decode(
+            EVENT.replace("2024-06-24T13:29:36.484Z", secret).as_bytes(),
+            Envelope::Event,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            why.to_string(),
+            format!("timestamp: not RFC 3339: \"{secret}\"")
         );
     }
 

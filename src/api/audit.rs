@@ -50,7 +50,7 @@ pub fn event(
     .to_string();
     match decode(line.as_bytes(), Envelope::Event) {
         Decoded::Event(e) => Ok(e),
-        Decoded::Invalid(reason) => Err(reason),
+        Decoded::Invalid(reason) => Err(reason.to_string()),
         Decoded::Skipped => Err("not an event".into()),
     }
 }

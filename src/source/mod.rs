@@ -12,7 +12,7 @@ pub mod stdin;
 pub mod tail;
 
 use crate::config::Envelope;
-use crate::event::{decode, Decoded};
+use crate::event::{decode, Decoded, Invalid};
 use crate::spool::{AppendBatch, Quarantined};
 use framing::Frame;
 use std::sync::mpsc::SyncSender;
@@ -56,18 +56,20 @@ impl Collector {
             Frame::Record { bytes, offset } => match decode(bytes, self.envelope) {
                 Decoded::Event(ev) => self.batch.events.push(ev),
                 Decoded::Skipped => self.batch.skipped += 1,
-                Decoded::Invalid(reason) => self.quarantine(reason, source, offset, bytes),
+                Decoded::Invalid(why) => self.quarantine(why, source, offset, bytes),
             },
             Frame::Bad {
                 reason,
                 raw,
                 offset,
-            } => self.quarantine(reason, source, offset, raw),
+            } => self.quarantine(reason.into(), source, offset, raw),
         }
     }
 
-    fn quarantine(&mut self, reason: String, source: &str, offset: u64, raw: &[u8]) {
-        // Never the raw bytes at info level: they may hold an event's args.
+    fn quarantine(&mut self, why: Invalid, source: &str, offset: u64, raw: &[u8]) {
+        // Never the raw bytes, nor the offending value, in the log: they are input and may
+        // hold an event's args. The log names the field and the problem; the stored
+        // reason adds the value, next to the raw bytes.
         if self
             .last_warning
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
@@ -75,7 +77,7 @@ impl Collector {
             tracing::warn!(
                 source,
                 offset,
-                %reason,
+                reason = %why.reason,
                 also_quarantined_since_last_warning = self.unlogged,
                 "record quarantined (see `audit-relay quarantine list`)"
             );
@@ -85,7 +87,7 @@ impl Collector {
             self.unlogged += 1;
         }
         self.batch.quarantined.push(Quarantined {
-            reason,
+            reason: why.to_string(),
             source: source.to_string(),
             offset,
             raw: raw[..raw.len().min(QUARANTINE_RAW_BYTES)].to_vec(),
