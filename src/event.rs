@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use crate::timestamp::{format_timestamp_ms, parse_timestamp_ms};
 
 /// Longest `action` accepted, in characters.
 pub const MAX_ACTION_CHARS: usize = 128;
@@ -207,27 +207,6 @@ pub fn canonical_id(v: String) -> String {
 
 fn is_canonical(v: &str) -> bool {
     v.len() == 36 && !v.bytes().any(|b| b.is_ascii_uppercase())
-}
-
-/// Parses an RFC 3339 timestamp into UTC milliseconds since the epoch.
-pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
-}
-
-/// Formats UTC milliseconds as RFC 3339 with milliseconds and `Z`.
-pub fn format_timestamp_ms(ms: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
-        Ok(t) => {
-            let (y, mo, d) = (t.year(), t.month() as u8, t.day());
-            let (h, mi, s) = (t.hour(), t.minute(), t.second());
-            format!(
-                "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-                t.millisecond()
-            )
-        }
-        Err(_) => ms.to_string(),
-    }
 }
 
 /// Validates an event object and builds its stored form.
@@ -675,19 +654,6 @@ mod tests {
         assert_eq!(api.timestamp, "2024-06-24T13:29:36.484Z");
         let json = serde_json::to_string(&api).unwrap();
         assert!(json.contains("\"organizationId\":\"3d5e4ee2"));
-    }
-
-    #[test]
-    fn timestamps_with_offsets_normalize_to_utc() {
-        assert_eq!(
-            parse_timestamp_ms("2024-06-24T15:29:36.484+02:00"),
-            Some(1_719_235_776_484)
-        );
-        assert_eq!(
-            format_timestamp_ms(1_719_235_776_484),
-            "2024-06-24T13:29:36.484Z"
-        );
-        assert_eq!(parse_timestamp_ms("2024-06-24"), None);
     }
 
     proptest! {

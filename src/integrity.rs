@@ -11,7 +11,7 @@
 //! The chain alone shows accidental damage; the signatures show a rewrite, and the copy in
 //! CloudWatch (see `verify --cloudwatch`) anchors the spool outside the machine.
 
-use crate::event::{format_timestamp_ms, parse_timestamp_ms};
+use crate::timestamp::{format_timestamp_ms, parse_timestamp_ms};
 use base64::Engine;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};

@@ -17,6 +17,7 @@
 //! - [`integrity`]: the hash chain's encoding, signed checkpoints, keys.
 //! - [`verify`]: `audit-relay verify`, against the spool and against CloudWatch.
 //! - [`telemetry`]: the relay's own logs.
+//! - [`timestamp`]: RFC 3339 text and UTC milliseconds (pure).
 //!
 //! Data flows `source → event → spool`; the spool is the write-ahead log: a source
 //! offset moves only in the commit that stores the events read up to it.
@@ -34,4 +35,5 @@ pub mod query;
 pub mod source;
 pub mod spool;
 pub mod telemetry;
+pub mod timestamp;
 pub mod verify;
