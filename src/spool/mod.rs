@@ -38,13 +38,19 @@
 //! Indexes: `events(ts_ms, id)` unique (dedup, and time bounds), `events(org, ts_ms)`
 //! (one organization, newest first, within a time range).
 //!
+//! A writer holds `spool.lock` in `spool.dir` (an exclusive `flock`, see [`SpoolLock`]):
+//! two writers on one spool would hand out the same sequence numbers and overwrite each
+//! other's chain head and source offsets.
+//!
 //! The rest of the program reaches SQLite only through [`Spool`] and [`SpoolWriter`].
 
 mod chain;
+mod lock;
 mod sqlite;
 mod writer;
 
 pub use chain::{ChainMeta, ChainRow, PurgeRecord, PurgeStep};
+pub use lock::{LockError, SpoolLock, LOCK_FILE};
 pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
 pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
 

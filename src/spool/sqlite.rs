@@ -342,7 +342,11 @@ impl Spool {
         let mut report = CommitReport::default();
         {
             let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                // Only a real duplicate (the same time and id) is skipped; any other
+                // constraint (a sequence number already taken) is an error, not a
+                // "duplicate" that would silently drop the event.
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(ts_ms, id) DO NOTHING",
             )?;
             for ev in events {
                 let org = match self.orgs.get(&ev.organization_id) {
@@ -892,6 +896,48 @@ mod tests {
         assert_eq!(s.stats().unwrap().last_seq, 11);
         let ro = Spool::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.ids().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn only_a_real_duplicate_counts_as_one_another_constraint_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        s.append(&AppendBatch {
+            events: vec![ev(1, "A", 1000)],
+            ..Default::default()
+        })
+        .unwrap();
+        // Someone else (a second writer) took the next sequence number behind this
+        // handle's back: storing a new event there must fail, not pass as a duplicate.
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other
+            .execute(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+                 SELECT 2, 5000, X'00112233445566778899aabbccddeeff', org, actor, action, body, hash
+                 FROM events WHERE seq = 1",
+                [],
+            )
+            .unwrap();
+        let e = s
+            .append(&AppendBatch {
+                events: vec![ev(2, "A", 2000)],
+                ..Default::default()
+            })
+            .expect_err("a taken sequence number is an error");
+        assert!(
+            e.to_string().contains("UNIQUE") || e.to_string().contains("PRIMARY"),
+            "{e}"
+        );
+        s.rollback().unwrap();
+        assert_eq!(s.stats().unwrap().duplicates, 0);
+        // The same (time, id) again is a duplicate, as before.
+        let again = s
+            .append(&AppendBatch {
+                events: vec![ev(1, "A", 1000)],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 1));
     }
 
     #[test]
