@@ -100,13 +100,25 @@ pub(super) fn stored_head(conn: &Connection) -> Result<[u8; 32], SpoolError> {
     Ok(to_hash(v).unwrap_or(GENESIS))
 }
 
+/// How often a long upgrade logs how far it is.
+const UPGRADE_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Computes the chain over every stored event (upgrade from a format without it), in one
-/// transaction.
+/// transaction. It reads and rewrites every row (minutes on a 90-day spool), so it logs
+/// its progress; the admin endpoints answer meanwhile (`/readyz`: "migrating").
 pub(super) fn hash_existing(conn: &Connection) -> Result<(), SpoolError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let orgs = org_names(conn)?;
     let mut head = GENESIS;
     let mut last = 0i64;
+    let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    tracing::info!(
+        rows = total,
+        "spool upgrade: computing the hash chain over every stored event"
+    );
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let mut done = 0i64;
     {
         let mut read = conn
             .prepare("SELECT seq, ts_ms, id, org, actor, action, body FROM events ORDER BY seq")?;
@@ -129,6 +141,16 @@ pub(super) fn hash_existing(conn: &Connection) -> Result<(), SpoolError> {
             );
             update.execute(params![seq, head.as_slice()])?;
             last = seq;
+            done += 1;
+            if done % 4096 == 0 && logged.elapsed() >= UPGRADE_PROGRESS_EVERY {
+                logged = std::time::Instant::now();
+                tracing::info!(
+                    done,
+                    total,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "spool upgrade: hashing stored events"
+                );
+            }
         }
     }
     if last > 0 {
