@@ -370,6 +370,11 @@ fn verify(
         from,
         to,
         public_key,
+        retention: Some(std::time::Duration::from_secs(
+            config.spool.retention_days as u64 * 86_400,
+        )),
+        checkpoint_interval: Some(config.integrity.checkpoint_interval.0),
+        now_ms: None,
     };
     let report = verify::verify_spool(&spool, &opts)?;
     let mut ok = report.ok();
