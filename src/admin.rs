@@ -30,6 +30,8 @@ const AUTH_FAILURE_GRACE_MS: i64 = 60_000;
 /// What the pipeline reports about itself.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// The spool is being upgraded to this build's format (before anything else starts).
+    pub migrating: AtomicBool,
     /// The spool writer is running.
     pub writer_running: AtomicBool,
     /// The sources are running (or finished their input).
@@ -46,6 +48,9 @@ impl Health {
     /// Why the relay is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut r = Vec::new();
+        if self.migrating.load(Ordering::Relaxed) {
+            r.push("migrating");
+        }
         if !self.writer_running.load(Ordering::Relaxed) {
             r.push("spool writer not running");
         }

@@ -8,7 +8,7 @@ use audit_relay::event::{format_timestamp_ms, ApiAuditLog};
 use audit_relay::integrity::Signer;
 use audit_relay::pipeline::{self, Ended};
 use audit_relay::query::{plan, QueryRequest};
-use audit_relay::spool::Spool;
+use audit_relay::spool::{LockError, Spool, SpoolLock};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -234,6 +234,16 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<ExitCode> {
+    // One writer per spool, held until the process exits: a second `run` on the same
+    // spool.dir would hand out the same sequence numbers and overwrite the chain head.
+    let _writer_lock = match SpoolLock::acquire(&config.spool.dir) {
+        Ok(l) => l,
+        Err(e @ LockError::Held { .. }) => {
+            eprintln!("audit-relay: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Err(e) => return Err(e.into()),
+    };
     audit_relay::telemetry::init(&config.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -360,6 +370,11 @@ fn verify(
         from,
         to,
         public_key,
+        retention: Some(std::time::Duration::from_secs(
+            config.spool.retention_days as u64 * 86_400,
+        )),
+        checkpoint_interval: Some(config.integrity.checkpoint_interval.0),
+        now_ms: None,
     };
     let report = verify::verify_spool(&spool, &opts)?;
     let mut ok = report.ok();

@@ -4,8 +4,9 @@
 //! writer; bounded channel between them. One async task forwards to CloudWatch.
 //! Shutdown order: sources stop reading and hand over their last batch, the forwarder
 //! finishes its call in flight, then the writer commits (events and forwarding
-//! progress) and exits, all within `shutdown_grace`. The query API starts before the
-//! pipeline and stops after it.
+//! progress) and exits, all within `shutdown_grace`. The admin endpoints bind first,
+//! then the spool is opened (and upgraded from an older format, `/readyz` saying
+//! "migrating" meanwhile); the query API starts before the pipeline and stops after it.
 
 use crate::admin::{self, Health};
 use crate::api;
@@ -56,21 +57,6 @@ pub enum Ended {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     let health = Arc::new(Health::default());
     let (tx, rx) = sync_channel(CHANNEL_BATCHES);
-    // The query API starts first and stops last; its reads are audited through the writer.
-    let api_stop = CancellationToken::new();
-    let api_server = match &config.api {
-        Some(a) => Some(
-            api::start(
-                a,
-                &config.spool,
-                tx.clone(),
-                api_stop.clone(),
-                health.api.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
     let admin_stop = CancellationToken::new();
     let admin = match &config.admin {
         Some(a) => {
@@ -87,6 +73,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     .await;
             }))
         }
+        None => None,
+    };
+    // Probes answer during an upgrade of the spool (which rewrites every row of an older
+    // format): a liveness kill mid-upgrade would only start it over.
+    health.migrating.store(true, Ordering::Relaxed);
+    let upgraded = {
+        let spool = config.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            Spool::open(&spool.dir, spool.durability, spool.cache_size.0).map(drop)
+        })
+        .await
+    };
+    health.migrating.store(false, Ordering::Relaxed);
+    match upgraded {
+        Ok(r) => {
+            r.with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?
+        }
+        Err(e) => return Err(anyhow!("the spool upgrade panicked: {e}")),
+    }
+    // The query API starts first and stops last; its reads are audited through the writer.
+    let api_stop = CancellationToken::new();
+    let api_server = match &config.api {
+        Some(a) => Some(
+            api::start(
+                a,
+                &config.spool,
+                tx.clone(),
+                api_stop.clone(),
+                health.api.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let r = run_pipeline(config, shutdown, health, (tx, rx)).await;

@@ -376,3 +376,204 @@ fn after_a_key_rotation_both_public_keys_verify_the_spool() {
     assert_eq!(spool["checkpoints"], spool["signed_checkpoints"]);
     assert!(spool["checkpoints"].as_u64().unwrap() >= 4, "{report:#}");
 }
+
+/// The chain hash stored at `seq`.
+fn hash_at(c: &rusqlite::Connection, seq: i64) -> Vec<u8> {
+    c.query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// Deletes every row up to `through` and records the cut the way retention does
+/// (`purged_through`, `purge_anchor`, `purged_max_ts`), as an intruder who knows it could.
+fn cut_oldest(c: &rusqlite::Connection, through: i64) {
+    let anchor = hash_at(c, through);
+    let max_ts: i64 = c
+        .query_row(
+            "SELECT max(ts_ms) FROM events WHERE seq <= ?1 AND org != 0",
+            [through],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute("DELETE FROM events WHERE seq <= ?1", [through])
+        .unwrap();
+    c.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('purged_through', ?1), ('purge_anchor', ?2), ('purged_max_ts', ?3)",
+        rusqlite::params![through, anchor, max_ts],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_cut_of_the_oldest_rows_that_retention_did_not_make_fails_verify() {
+    let base = signed_harness();
+    fill(&base, 500);
+    let cps = seqs(&db(&base), "= 0");
+    // Cut right before a checkpoint, exactly where retention would: but that checkpoint
+    // was written seconds ago, and retention keeps 90 days.
+    assert_detected(
+        &base,
+        "cut the oldest rows up to a checkpoint",
+        |c, _| {
+            cut_oldest(c, cps[1] - 1);
+            cps[1]
+        },
+        "purge_unconfirmed",
+    );
+    // Cut anywhere: the first checkpoint after the cut is named.
+    assert_detected(
+        &base,
+        "cut the oldest rows between checkpoints",
+        |c, _| {
+            cut_oldest(c, cps[1] + 50);
+            cps[2]
+        },
+        "purge_unconfirmed",
+    );
+    // Cut after the newest checkpoint: nothing confirms the cut at all.
+    assert_detected(
+        &base,
+        "cut everything but the newest events",
+        |c, _| {
+            let last = *cps.last().unwrap();
+            c.execute_batch(&format!(
+                "DELETE FROM events WHERE seq = {last};
+                 UPDATE meta SET value = {last} - 1 WHERE key = 'last_seq';"
+            ))
+            .unwrap();
+            c.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+                [hash_at(c, last - 1)],
+            )
+            .unwrap();
+            cut_oldest(c, last - 10);
+            last - 9
+        },
+        "purge_unconfirmed",
+    );
+}
+
+/// A harness of an auditor: the operator's spool copied, a config whose signing key file
+/// is not there (an auditor never has the private key), and the public key beside it.
+fn auditor_copy_of(src: &Harness) -> (Harness, std::path::PathBuf) {
+    let h = Harness::new();
+    let text = h.config_text(&[], &[]);
+    h.write_config(&format!(
+        "{text}\n[integrity]\nsigning_key_file = \"/nonexistent/signing.pem\"\ncheckpoint_every = 100\n"
+    ));
+    std::fs::create_dir_all(&h.spool_dir).unwrap();
+    for f in ["spool.db", "spool.db-wal", "spool.db-shm"] {
+        let from = src.spool_dir.join(f);
+        if from.exists() {
+            std::fs::copy(&from, h.spool_dir.join(f)).unwrap();
+        }
+    }
+    let public = h.dir.path().join("public.pem");
+    std::fs::write(&public, src.cli_ok(&["integrity", "public-key"])).unwrap();
+    (h, public)
+}
+
+#[test]
+fn an_auditor_verifies_with_the_public_key_alone_and_a_spool_rewritten_without_checkpoints_fails() {
+    let base = signed_harness();
+    fill(&base, 300);
+    let (h, public) = auditor_copy_of(&base);
+    let key = ["--public-key", public.to_str().unwrap()];
+    let (code, report) = verify(&h, &key);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spool"]["signed_checkpoints"], 3, "{report:#}");
+    // Without --public-key it needs the private key file, and says which one is missing.
+    let out = h.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/signing.pem"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The whole spool rewritten: checkpoints dropped, rows renumbered, chain recomputed.
+    let (h, public) = auditor_copy_of(&base);
+    {
+        let c = db(&h);
+        c.execute_batch(
+            "DELETE FROM events WHERE org = 0;
+             CREATE TEMP TABLE t AS SELECT row_number() OVER (ORDER BY seq) AS n, * FROM events;
+             DELETE FROM events;
+             INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+               SELECT n, ts_ms, id, org, actor, action, body, hash FROM t;
+             UPDATE meta SET value = (SELECT max(seq) FROM events) WHERE key = 'last_seq';",
+        )
+        .unwrap();
+    }
+    rechain(&h.spool_dir, 1, None);
+    let key = ["--public-key", public.to_str().unwrap()];
+    let (code, report) = verify(&h, &key);
+    assert_eq!(
+        code, 1,
+        "a spool with no signed checkpoint must fail: {report:#}"
+    );
+    assert_eq!(report["spool"]["broken"]["kind"], "unsigned", "{report:#}");
+    assert!(
+        report["spool"]["broken"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no checkpoint covers the 300 row(s)"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_cut_tail_with_rewritten_bookkeeping_is_named_by_the_age_of_the_newest_checkpoint() {
+    let h = Harness::new();
+    let key = h.dir.path().join("signing.pem");
+    std::fs::write(&key, ed25519_pem([7; 32])).unwrap();
+    let text = h.config_text(&[], &[]);
+    h.write_config(&format!(
+        "{text}\n[integrity]\nsigning_key_file = {:?}\ncheckpoint_every = 100\ncheckpoint_interval = \"1s\"\n",
+        key.display().to_string()
+    ));
+    let mut g = gen::Gen::new(5);
+    let (_, first) = server_lines(&mut g, 0, 100);
+    let (_, second) = server_lines(&mut g, 1000, 100);
+    let mut relay = h.start();
+    write_lines(&mut append_to(&h.log("a.log")), &first);
+    h.wait_events(&mut relay, 100);
+    // Idle for a while (idle checkpoints every second), then more events.
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    write_lines(&mut append_to(&h.log("a.log")), &second);
+    h.wait_events(&mut relay, 200);
+    relay.terminate();
+    let (code, report) = verify(&h, &[]);
+    assert_eq!(code, 0, "the untouched spool: {report:#}");
+
+    // Cut everything after the first checkpoint and make the writer's bookkeeping match.
+    let first_cp = seqs(&db(&h), "= 0")[0];
+    {
+        let c = db(&h);
+        c.execute("DELETE FROM events WHERE seq > ?1", [first_cp])
+            .unwrap();
+        c.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'last_seq'",
+            [first_cp],
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+            [hash_at(&c, first_cp)],
+        )
+        .unwrap();
+    }
+    let (code, report) = verify(&h, &[]);
+    assert_eq!(code, 1, "a cut tail must fail: {report:#}");
+    let broken = &report["spool"]["broken"];
+    assert_eq!(broken["kind"], "stale_checkpoint", "{report:#}");
+    assert_eq!(broken["seq"], first_cp + 1, "{report:#}");
+    assert!(
+        broken["detail"]
+            .as_str()
+            .unwrap()
+            .contains("integrity.checkpoint_interval"),
+        "{report:#}"
+    );
+}

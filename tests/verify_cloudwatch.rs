@@ -501,3 +501,214 @@ fn cloudwatch_anchors_a_spool_rewritten_and_re_signed() {
     }
     assert_counts(&report, N + CHECKPOINTS, N - 1);
 }
+
+/// The chain hash stored at `seq`.
+fn hash_at(db: &rusqlite::Connection, seq: i64) -> Vec<u8> {
+    db.query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// Events refused for good used to be excused by a row in `rejected`, which is not part
+/// of the chain: an intruder who removes an event from CloudWatch (or whose relay never
+/// sent it) adds such a row, and verify --cloudwatch looked away.
+#[test]
+fn a_rejection_added_outside_the_chain_does_not_excuse_an_event_missing_from_cloudwatch() {
+    let f = forwarded(36);
+    let cw = stream(&f);
+    let (victim_seq, victim_id) = event_at(&f.h, 1001);
+    let kept: Vec<CwEvent> = cw
+        .iter()
+        .filter(|e| e.is_checkpoint() || e.id() != victim_id)
+        .cloned()
+        .collect();
+    rewrite_stream(&f.moto, &kept);
+    rusqlite::Connection::open(f.h.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO rejected(seq, reason, detail, at_ms) VALUES (?1, 'too_old', 'older than CloudWatch accepts', 0)",
+            [victim_seq],
+        )
+        .unwrap();
+    let (code, report) = verify_cloudwatch(&f.h);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        listed(&report, "missing"),
+        vec![(Some(victim_seq), Some(victim_id))],
+        "{report:#}"
+    );
+    let detail = report["cloudwatch"]["missing"]["first"][0]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(detail.contains("no forwarding-ledger row"), "{detail}");
+    assert_eq!(report["cloudwatch"]["rejected"], 0, "{report:#}");
+}
+
+/// An event CloudWatch refuses (too old) is recorded in the chain as a forwarding-ledger
+/// row of its own, which the forwarder steps over and verify --cloudwatch trusts.
+#[test]
+fn a_rejection_recorded_in_the_chain_is_trusted() {
+    let moto = Moto::start();
+    let h = Harness::new();
+    let key = h.dir.path().join("signing.pem");
+    std::fs::write(&key, ed25519_pem([7; 32])).unwrap();
+    write_config(&h, &moto, &key, &[]);
+    let mut g = Gen::new(40);
+    let t0 = now_ms() - 60_000;
+    let mut lines: Vec<String> = (0..50)
+        .map(|i| gen::server_line(&mut g, t0 + i).line)
+        .collect();
+    let old = gen::server_line(&mut g, now_ms() - 15 * 86_400_000);
+    lines.insert(20, old.line);
+    let mut relay = start_relay(&h);
+    write_lines(&mut append_to(&h.log("server.log")), &lines);
+    wait_all_forwarded(&h, &mut relay, 51, DEADLINE);
+    relay.terminate();
+    let db = h.db().unwrap();
+    let (ledger_seq, body): (i64, String) = db
+        .query_row(
+            "SELECT seq, body FROM events WHERE org = 0 AND action = 'rejected'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let entry: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(entry["type"], "rejection", "{body}");
+    assert_eq!(entry["seq"], 21, "{body}");
+    assert_eq!(entry["reason"], "too_old", "{body}");
+    let (last, cursor) = forward_state(&h);
+    assert!(
+        cursor >= ledger_seq,
+        "the cursor steps over the ledger row: {cursor} < {ledger_seq}"
+    );
+    assert_eq!(last, cursor, "everything forwarded or stepped over");
+    let cw = moto.events(GROUP, HOSTNAME);
+    assert!(
+        cw.iter().all(|e| !e.message.contains("\"rejection\"")),
+        "ledger rows are not sent"
+    );
+    let (code, report) = verify_cloudwatch(&h);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["cloudwatch"]["rejected"], 1, "{report:#}");
+    assert_eq!(report["cloudwatch"]["matched"], 50, "{report:#}");
+    assert_eq!(report["spool"]["ledger_rows"], 1, "{report:#}");
+}
+
+/// The oldest rows cut with the bookkeeping set the way retention sets it: the spool's own
+/// check names the cut, and CloudWatch (which still holds those events and checkpoints,
+/// written minutes ago) does not take them for purged ones either.
+#[test]
+fn a_cut_of_the_oldest_rows_is_not_taken_for_retention_by_cloudwatch() {
+    let f = forwarded(37);
+    stream(&f);
+    let cps = spool_checkpoints(&f.h);
+    let through = cps[3].seq - 1;
+    {
+        let db = rusqlite::Connection::open(f.h.db_path()).unwrap();
+        let anchor = hash_at(&db, through);
+        let max_ts: i64 = db
+            .query_row(
+                "SELECT max(ts_ms) FROM events WHERE seq <= ?1 AND org != 0",
+                [through],
+                |r| r.get(0),
+            )
+            .unwrap();
+        db.execute("DELETE FROM events WHERE seq <= ?1", [through])
+            .unwrap();
+        db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('purged_through', ?1), ('purge_anchor', ?2), ('purged_max_ts', ?3)",
+            rusqlite::params![through, anchor, max_ts],
+        )
+        .unwrap();
+    }
+    let (code, report) = verify(&f.h, &["--cloudwatch"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["spool"]["broken"]["kind"], "purge_unconfirmed",
+        "{report:#}"
+    );
+    let cwr = &report["cloudwatch"];
+    assert_eq!(cwr["older_than_spool"], 0, "{report:#}");
+    assert_eq!(cwr["added"]["count"], 400, "the cut events: {report:#}");
+    assert!(
+        cwr["added"]["first"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("younger than spool.retention_days"),
+        "{report:#}"
+    );
+    // The checkpoints CloudWatch holds for the cut rows (three cut, and the one after the
+    // cut, covering its last row) are named too.
+    assert_eq!(cwr["checkpoint_problems"]["count"], 4, "{report:#}");
+}
+
+/// The newest rows cut, and `meta.last_seq`, `chain_head` and the cursor rewritten to match:
+/// the spool alone cannot tell (its newest checkpoint is recent), CloudWatch names the tail.
+#[test]
+fn a_cut_tail_with_rewritten_bookkeeping_is_named_by_cloudwatch() {
+    let f = forwarded(38);
+    stream(&f);
+    let keep = 1500;
+    {
+        let db = rusqlite::Connection::open(f.h.db_path()).unwrap();
+        db.execute("DELETE FROM events WHERE seq > ?1", [keep])
+            .unwrap();
+        db.execute("UPDATE meta SET value = ?1 WHERE key = 'last_seq'", [keep])
+            .unwrap();
+        db.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'chain_head'",
+            [hash_at(&db, keep)],
+        )
+        .unwrap();
+        db.execute("UPDATE cursors SET seq = ?1", [keep]).unwrap();
+    }
+    let (code, report) = verify(&f.h, &["--cloudwatch"]);
+    assert_eq!(code, 1, "{report:#}");
+    let tail = listed(&report, "missing_tail");
+    assert_eq!(tail, vec![(Some(keep + 1), None)], "{report:#}");
+    let detail = report["cloudwatch"]["missing_tail"]["first"][0]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains(&format!("seq {}..={}", keep + 1, f.last - 1)),
+        "{detail}"
+    );
+}
+
+/// An id the producer wrote in uppercase or in braces is stored as its UUID and sent as
+/// written: verify --cloudwatch compares ids as UUIDs, so it is neither missing nor added.
+#[test]
+fn non_canonical_uuids_match_as_uuids() {
+    let moto = Moto::start();
+    let h = Harness::new();
+    let key = h.dir.path().join("signing.pem");
+    std::fs::write(&key, ed25519_pem([7; 32])).unwrap();
+    write_config(&h, &moto, &key, &[]);
+    let mut g = Gen::new(41);
+    let t0 = now_ms() - 60_000;
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            let s = gen::server_line(&mut g, t0 + i);
+            let quoted = format!("\"{}\"", s.id);
+            assert_eq!(s.line.matches(&quoted).count(), 1, "{}", s.line);
+            match i % 3 {
+                0 => s
+                    .line
+                    .replace(&quoted, &format!("\"{}\"", s.id.to_uppercase())),
+                1 => s.line.replace(&quoted, &format!("\"{{{}}}\"", s.id)),
+                _ => s.line,
+            }
+        })
+        .collect();
+    let mut relay = start_relay(&h);
+    write_lines(&mut append_to(&h.log("server.log")), &lines);
+    wait_all_forwarded(&h, &mut relay, 30, DEADLINE);
+    relay.terminate();
+    let (code, report) = verify_cloudwatch(&h);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["cloudwatch"]["matched"], 30, "{report:#}");
+    for kind in ["missing", "added", "altered"] {
+        assert_eq!(listed(&report, kind), vec![], "{kind}: {report:#}");
+    }
+}

@@ -202,7 +202,8 @@ impl Forwarder {
             read_pos = rows.last().map(|r| r.seq).unwrap_or(read_pos);
             let last_row_seq = read_pos;
             for row in rows {
-                if !self.is_mine(row.org).await {
+                // Forwarding-ledger rows are the spool's own record of rejections: not sent.
+                if row.is_ledger() || !self.is_mine(row.org).await {
                     continue;
                 }
                 let (message, truncated) = self.format.render(&row.body, row.ts_ms);
@@ -239,8 +240,9 @@ impl Forwarder {
                     return;
                 }
             }
-            if builder.is_empty() && self.opts.shards > 1 {
-                // Nothing of ours is waiting: step the cursor over the others' events.
+            if builder.is_empty() {
+                // Nothing of ours is waiting: step the cursor over the others' events (and
+                // ledger rows).
                 self.step_over(last_row_seq);
             }
         }
@@ -279,7 +281,8 @@ impl Forwarder {
             let Some(last) = rows.last() else { break };
             after = last.seq;
             for row in rows {
-                if !self.is_mine(row.org).await {
+                // Forwarding-ledger rows are the spool's own record of rejections: not sent.
+                if row.is_ledger() || !self.is_mine(row.org).await {
                     continue;
                 }
                 let (message, _) = self.format.render(&row.body, row.ts_ms);
@@ -378,7 +381,7 @@ impl Forwarder {
             }
             for row in rows {
                 examined += 1;
-                if self.is_mine(row.org).await {
+                if !row.is_ledger() && self.is_mine(row.org).await {
                     let (message, _) = self.format.render(&row.body, row.ts_ms);
                     if !sent.contains(&(row.ts_ms, message.as_str())) {
                         break 'rows;

@@ -41,8 +41,52 @@ impl ChainRow {
         )
     }
 
+    /// A checkpoint row: the spool's own (`org` 0), and not a forwarding-ledger row.
     pub fn is_checkpoint(&self) -> bool {
-        self.org == CHECKPOINT_ORG
+        self.org == CHECKPOINT_ORG && !self.is_ledger()
+    }
+
+    /// A forwarding-ledger row: a rejection recorded in the chain (see [`LedgerEntry`]).
+    pub fn is_ledger(&self) -> bool {
+        self.org == CHECKPOINT_ORG && self.action == LEDGER_ACTION
+    }
+}
+
+/// `action` of a forwarding-ledger row.
+pub const LEDGER_ACTION: &str = "rejected";
+/// How every forwarding-ledger body starts (the forwarder tells them from checkpoints by it).
+pub const LEDGER_BODY_PREFIX: &str = r#"{"type":"rejection","#;
+
+/// The body of a forwarding-ledger row: an event CloudWatch will not take, recorded in
+/// the chain itself (a row of its own, `org` 0, like a checkpoint), so that nobody can
+/// excuse an event missing from CloudWatch afterwards by marking it rejected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    /// Always `"rejection"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The rejected event's sequence number.
+    pub seq: i64,
+    /// The forwarder's cursor name (empty for rejections recorded by the format-4 upgrade).
+    pub cursor: String,
+    /// `too_old`, `too_new`, `expired`, `invalid`.
+    pub reason: String,
+    pub detail: String,
+}
+
+impl LedgerEntry {
+    pub fn to_json(&self) -> String {
+        let s = serde_json::to_string(self).expect("ledger entry serializes");
+        debug_assert!(s.starts_with(LEDGER_BODY_PREFIX));
+        s
+    }
+
+    pub fn from_json(s: &str) -> Result<LedgerEntry, String> {
+        let e: LedgerEntry = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        if e.kind != "rejection" {
+            return Err(format!("type {:?}, not \"rejection\"", e.kind));
+        }
+        Ok(e)
     }
 }
 
@@ -61,6 +105,10 @@ pub struct ChainMeta {
     pub purged_max_ts: i64,
     /// The highest forwarding cursor.
     pub max_cursor: i64,
+    /// When the writer last committed (ms since the epoch; 0: not recorded).
+    pub last_commit_ms: i64,
+    /// When the current (or last) writer opened the spool (ms; 0: not recorded).
+    pub opened_ms: i64,
 }
 
 /// One retention purge, as recorded in the spool.
@@ -100,13 +148,25 @@ pub(super) fn stored_head(conn: &Connection) -> Result<[u8; 32], SpoolError> {
     Ok(to_hash(v).unwrap_or(GENESIS))
 }
 
+/// How often a long upgrade logs how far it is.
+const UPGRADE_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Computes the chain over every stored event (upgrade from a format without it), in one
-/// transaction.
+/// transaction. It reads and rewrites every row (minutes on a 90-day spool), so it logs
+/// its progress; the admin endpoints answer meanwhile (`/readyz`: "migrating").
 pub(super) fn hash_existing(conn: &Connection) -> Result<(), SpoolError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let orgs = org_names(conn)?;
     let mut head = GENESIS;
     let mut last = 0i64;
+    let total: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    tracing::info!(
+        rows = total,
+        "spool upgrade: computing the hash chain over every stored event"
+    );
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let mut done = 0i64;
     {
         let mut read = conn
             .prepare("SELECT seq, ts_ms, id, org, actor, action, body FROM events ORDER BY seq")?;
@@ -129,6 +189,16 @@ pub(super) fn hash_existing(conn: &Connection) -> Result<(), SpoolError> {
             );
             update.execute(params![seq, head.as_slice()])?;
             last = seq;
+            done += 1;
+            if done % 4096 == 0 && logged.elapsed() >= UPGRADE_PROGRESS_EVERY {
+                logged = std::time::Instant::now();
+                tracing::info!(
+                    done,
+                    total,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "spool upgrade: hashing stored events"
+                );
+            }
         }
     }
     if last > 0 {
@@ -200,6 +270,106 @@ impl Spool {
         Ok(cp)
     }
 
+    /// Adds a forwarding-ledger row for `entry` to the open transaction (chained like any
+    /// row; forwarders step over it, it is not sent).
+    pub(super) fn write_ledger(
+        &mut self,
+        entry: &LedgerEntry,
+        time_ms: i64,
+    ) -> Result<(), SpoolError> {
+        let body = entry.to_json();
+        let id = uuid::Uuid::new_v4();
+        let seq = self.last_seq + 1;
+        let actor = "audit-relay";
+        let hash = chain_hash(
+            &self.head,
+            &Canonical {
+                seq,
+                ts_ms: time_ms,
+                id: id.as_bytes(),
+                organization_id: "",
+                actor,
+                action: LEDGER_ACTION,
+                body: &body,
+            },
+        );
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                seq,
+                time_ms,
+                id.as_bytes().as_slice(),
+                CHECKPOINT_ORG,
+                actor,
+                LEDGER_ACTION,
+                body,
+                hash.as_slice()
+            ])?;
+        self.last_seq = seq;
+        self.head = hash;
+        Ok(())
+    }
+
+    /// Records every row of `rejected` in the ledger, in one transaction (the upgrade to
+    /// format 4: rejections made before it are vouched for from the upgrade on).
+    pub(super) fn ledger_existing_rejections(&mut self) -> Result<u64, SpoolError> {
+        let rows: Vec<(i64, String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq, reason, detail FROM rejected ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.begin()?;
+        let at = now_ms();
+        for (seq, reason, detail) in &rows {
+            let entry = LedgerEntry {
+                kind: "rejection".into(),
+                seq: *seq,
+                cursor: String::new(),
+                reason: reason.clone(),
+                detail: detail.clone(),
+            };
+            self.write_ledger(&entry, at)?;
+        }
+        self.commit()?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The forwarding-ledger entry that records event `seq` as rejected, if the chain
+    /// holds one (an index lookup: memory stays flat however many there are).
+    pub fn chained_rejection(&self, seq: i64) -> Result<Option<LedgerEntry>, SpoolError> {
+        // The literals match the partial index `events_ledger`.
+        let body: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT body FROM events WHERE org = 0 AND action = 'rejected' AND json_extract(body, '$.seq') = ?1 LIMIT 1",
+            )?
+            .query_row([seq], |r| r.get(0))
+            .optional()?;
+        match body {
+            None => Ok(None),
+            Some(b) => LedgerEntry::from_json(&b)
+                .map(Some)
+                .map_err(|reason| SpoolError::Corrupt { seq, reason }),
+        }
+    }
+
+    /// Whether the `rejected` table (bookkeeping outside the chain) marks event `seq`.
+    pub fn marked_rejected(&self, seq: i64) -> Result<bool, SpoolError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM rejected WHERE seq = ?1")?
+            .query_row([seq], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Runs `f` inside one read transaction: every read sees the same committed state.
     pub fn in_snapshot<T>(
         &self,
@@ -216,7 +386,7 @@ impl Spool {
         let row: Option<(i64, String)> = self
             .conn
             .query_row(
-                "SELECT seq, body FROM events WHERE org = ?1 ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, body FROM events WHERE org = ?1 AND action = 'checkpoint' ORDER BY seq DESC LIMIT 1",
                 [CHECKPOINT_ORG],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -252,6 +422,8 @@ impl Spool {
             purged_through: int(get("purged_through")?),
             purge_anchor: blob(get("purge_anchor")?),
             purged_max_ts: int(get("purged_max_ts")?),
+            last_commit_ms: int(get("last_commit_ms")?),
+            opened_ms: int(get("opened_ms")?),
             max_cursor: self
                 .conn
                 .query_row("SELECT max(seq) FROM cursors", [], |r| {
@@ -298,7 +470,7 @@ impl Spool {
         Ok(self
             .conn
             .query_row(
-                "SELECT max(seq) FROM events WHERE org = ?1 AND seq <= ?2",
+                "SELECT max(seq) FROM events WHERE org = ?1 AND action = 'checkpoint' AND seq <= ?2",
                 params![CHECKPOINT_ORG, seq],
                 |r| r.get(0),
             )
@@ -319,7 +491,7 @@ impl Spool {
         let anchor: Option<i64> = self
             .conn
             .query_row(
-                "SELECT max(seq) FROM events WHERE org = ?1 AND ts_ms < ?2 AND seq <= ?3",
+                "SELECT max(seq) FROM events WHERE org = ?1 AND action = 'checkpoint' AND ts_ms < ?2 AND seq <= ?3",
                 params![CHECKPOINT_ORG, cutoff_ms, limit],
                 |r| r.get(0),
             )
@@ -404,13 +576,6 @@ impl Spool {
             deleted,
             through: to,
         })
-    }
-
-    /// Sequence numbers of the events CloudWatch will not take (`rejected`).
-    pub fn rejected_seqs(&self) -> Result<std::collections::HashSet<i64>, SpoolError> {
-        let mut stmt = self.conn.prepare("SELECT seq FROM rejected")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The recorded purges, oldest first.

@@ -17,15 +17,19 @@
 //! - Retention deletes only a prefix of the sequence, up to just before a checkpoint row,
 //!   which stays as the anchor; `meta.purged_through` and `meta.purge_anchor` record the
 //!   cut, and each purge has a row in `purges`.
+//! - Every rejection (an event CloudWatch will not take) is a row of the chain too: a
+//!   forwarding-ledger row (`org` 0, `action` `rejected`, body a [`LedgerEntry`]), written
+//!   in the commit that applies it. The `rejected` table is its index for stats;
+//!   `verify --cloudwatch` trusts only the ledger rows.
 //! - A forwarder's cursor only moves forward, and only after CloudWatch accepted (or the
 //!   forwarder rejected, one by one) every event up to it. The single writer applies
 //!   forwarding progress in its next commit; a crash before that re-sends, never skips.
 //!
-//! # Format (SQLite, WAL mode, `PRAGMA user_version = 3`)
+//! # Format (SQLite, WAL mode, `PRAGMA user_version = 4`)
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array), `hash` (32-byte chain hash); checkpoint rows have `org` 0 |
+//! | `events` | `seq` (rowid) | `ts_ms`, `id` (16-byte UUID), `org` → `orgs`, `actor`, `action`, `body` (the event JSON, `args` as an array), `hash` (32-byte chain hash); checkpoint rows (`action` `checkpoint`) and forwarding-ledger rows (`action` `rejected`) have `org` 0 |
 //! | `orgs` | `org` (rowid) | `organization_id`: a compact integer key per organization (0: `""`, checkpoints) |
 //! | `purges` | `pid` | `at_ms`, `deleted`, `through_seq`, `anchor_seq`, `anchor_head`: one row per retention purge |
 //! | `quarantine` | `qid` | `at_ms`, `reason`, `source`, `offset`, `raw` (capped) |
@@ -33,18 +37,28 @@
 //! | `counters` | `name` | `value` |
 //! | `cursors` | `name` | `seq`: the last sequence number a forwarder has finished with |
 //! | `rejected` | `seq` | `reason`, `detail`, `at_ms`: events CloudWatch will not take |
-//! | `meta` | `key` | `value`: `last_seq`, `chain_head`, `purged_through`, `purge_anchor`, the page-token key |
+//! | `meta` | `key` | `value`: `last_seq`, `chain_head`, `last_commit_ms`, `opened_ms`, `purged_through`, `purge_anchor`, `purged_max_ts`, the page-token key |
 //!
 //! Indexes: `events(ts_ms, id)` unique (dedup, and time bounds), `events(org, ts_ms)`
-//! (one organization, newest first, within a time range).
+//! (one organization, newest first, within a time range), `events_ledger` (partial: the
+//! rejected event's `seq` of each ledger row).
+//!
+//! Upgrades: 1 → 2 adds the re-read bound of checkpoints; 2 → 3 computes the hash chain
+//! over every stored row; 3 → 4 records every row of `rejected` in the ledger.
+//!
+//! A writer holds `spool.lock` in `spool.dir` (an exclusive `flock`, see [`SpoolLock`]):
+//! two writers on one spool would hand out the same sequence numbers and overwrite each
+//! other's chain head and source offsets.
 //!
 //! The rest of the program reaches SQLite only through [`Spool`] and [`SpoolWriter`].
 
 mod chain;
+mod lock;
 mod sqlite;
 mod writer;
 
-pub use chain::{ChainMeta, ChainRow, PurgeRecord, PurgeStep};
+pub use chain::{ChainMeta, ChainRow, LedgerEntry, PurgeRecord, PurgeStep, LEDGER_ACTION};
+pub use lock::{LockError, SpoolLock, LOCK_FILE};
 pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
 pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
 
@@ -110,6 +124,15 @@ pub struct StoredEvent {
     /// The organization's compact key (see [`Spool::organization_id`]).
     pub org: i64,
     pub body: String,
+}
+
+impl StoredEvent {
+    /// A forwarding-ledger row (a rejection recorded in the chain): the spool's own
+    /// bookkeeping, which forwarders step over instead of sending.
+    pub fn is_ledger(&self) -> bool {
+        self.org == crate::integrity::CHECKPOINT_ORG
+            && self.body.starts_with(chain::LEDGER_BODY_PREFIX)
+    }
 }
 
 /// Forwarding progress: everything up to `cursor` is done; `rejected` lists the events

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The on-disk format version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// WAL size (in pages) at which a commit also checkpoints the WAL into the database.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 /// File name of the database inside `spool.dir`.
@@ -111,6 +111,8 @@ CREATE TABLE IF NOT EXISTS purges(
     anchor_head BLOB NOT NULL
 );
 INSERT OR IGNORE INTO orgs(org, organization_id) VALUES (0, '');
+CREATE INDEX IF NOT EXISTS events_ledger ON events(json_extract(body, '$.seq'))
+    WHERE org = 0 AND action = 'rejected';
 ";
 
 /// A row of `SELECT seq, ts_ms, body, org ...`.
@@ -149,7 +151,7 @@ impl Spool {
         // copied into the database once per checkpoint (docs/benchmarks.md).
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version != 0 && version != SCHEMA_VERSION && version != 1 && version != 2 {
+        if version != 0 && version != SCHEMA_VERSION && !(1..=3).contains(&version) {
             return Err(SpoolError::Version {
                 path,
                 found: version,
@@ -174,9 +176,23 @@ impl Spool {
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             tracing::info!(path = %path.display(), "spool upgraded to format 3: hash chain computed over the stored events");
         }
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Version 4 added the forwarding ledger (rejections as rows of the chain) and its
+        // index; the version is written after the rows below are.
+        // verify judges the age of the newest checkpoint from here on (a restarted
+        // writer checkpoints `checkpoint_interval` after its start).
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('opened_ms', ?1)",
+            [now_ms()],
+        )?;
         let mut spool = Spool::wrap(conn, path);
         spool.load_state()?;
+        if (1..=3).contains(&version) {
+            let n = spool.ledger_existing_rejections()?;
+            tracing::info!(path = %spool.path.display(), rejections = n, "spool upgraded to format 4: earlier rejections recorded in the forwarding ledger");
+        }
+        spool
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(spool)
     }
 
@@ -342,7 +358,11 @@ impl Spool {
         let mut report = CommitReport::default();
         {
             let mut insert = self.conn.prepare_cached(
-                "INSERT OR IGNORE INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                // Only a real duplicate (the same time and id) is skipped; any other
+                // constraint (a sequence number already taken) is an error, not a
+                // "duplicate" that would silently drop the event.
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(ts_ms, id) DO NOTHING",
             )?;
             for ev in events {
                 let org = match self.orgs.get(&ev.organization_id) {
@@ -452,11 +472,25 @@ impl Spool {
         let mut ins = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO rejected(seq, reason, detail, at_ms) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        let mut new_rejections = 0;
+        let mut new_rejections = Vec::new();
         for r in &p.rejected {
-            new_rejections += ins.execute(params![r.seq, r.reason, r.detail, at])? as u64;
+            if ins.execute(params![r.seq, r.reason, r.detail, at])? == 1 {
+                new_rejections.push(r);
+            }
         }
-        self.pending.rejected += new_rejections;
+        drop(ins);
+        // Each rejection is also a row of the chain: verify --cloudwatch trusts only those.
+        for r in &new_rejections {
+            let entry = super::chain::LedgerEntry {
+                kind: "rejection".into(),
+                seq: r.seq,
+                cursor: p.cursor_name.clone(),
+                reason: r.reason.clone(),
+                detail: r.detail.clone(),
+            };
+            self.write_ledger(&entry, at)?;
+        }
+        self.pending.rejected += new_rejections.len() as u64;
         self.pending.forwarded += p.forwarded;
         Ok(())
     }
@@ -521,9 +555,11 @@ impl Spool {
                 }
             }
         }
+        // The commit time lets verify tell a cut tail: the writer checkpoints at least
+        // every `checkpoint_interval`, so the newest checkpoint is never much older.
         self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?1), ('chain_head', ?2)",
-            params![self.last_seq, self.head.as_slice()],
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?1), ('chain_head', ?2), ('last_commit_ms', ?3)",
+            params![self.last_seq, self.head.as_slice(), now_ms()],
         )?;
         self.conn.execute_batch("COMMIT")?;
         self.in_txn = false;
@@ -892,6 +928,48 @@ mod tests {
         assert_eq!(s.stats().unwrap().last_seq, 11);
         let ro = Spool::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.ids().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn only_a_real_duplicate_counts_as_one_another_constraint_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        s.append(&AppendBatch {
+            events: vec![ev(1, "A", 1000)],
+            ..Default::default()
+        })
+        .unwrap();
+        // Someone else (a second writer) took the next sequence number behind this
+        // handle's back: storing a new event there must fail, not pass as a duplicate.
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other
+            .execute(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash)
+                 SELECT 2, 5000, X'00112233445566778899aabbccddeeff', org, actor, action, body, hash
+                 FROM events WHERE seq = 1",
+                [],
+            )
+            .unwrap();
+        let e = s
+            .append(&AppendBatch {
+                events: vec![ev(2, "A", 2000)],
+                ..Default::default()
+            })
+            .expect_err("a taken sequence number is an error");
+        assert!(
+            e.to_string().contains("UNIQUE") || e.to_string().contains("PRIMARY"),
+            "{e}"
+        );
+        s.rollback().unwrap();
+        assert_eq!(s.stats().unwrap().duplicates, 0);
+        // The same (time, id) again is a duplicate, as before.
+        let again = s
+            .append(&AppendBatch {
+                events: vec![ev(1, "A", 1000)],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 1));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! and reports the first broken sequence number with what broke.
 
 use crate::integrity::{to_hex, Checkpoint, KeyRing, GENESIS};
-use crate::spool::{ChainMeta, ChainRow, Spool, SpoolError};
+use crate::spool::{ChainMeta, ChainRow, LedgerEntry, Spool, SpoolError};
 use serde::Serialize;
 use std::fmt;
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 pub mod cloudwatch;
 
@@ -17,7 +18,9 @@ const REORDER_LOOKAHEAD: i64 = 100_000;
 pub struct Break {
     pub seq: i64,
     /// `changed`, `removed`, `inserted`, `reordered`, `tail_cut`, `forged_checkpoint`,
-    /// `checkpoint_mismatch`, `unsigned`.
+    /// `checkpoint_mismatch`, `unsigned`, `forged_ledger`, `purge_unconfirmed` (a cut of the oldest rows
+    /// that retention did not make), `stale_checkpoint` (the newest checkpoint is much
+    /// older than the writer's last commit: the newest rows were cut).
     pub kind: &'static str,
     pub detail: String,
 }
@@ -31,6 +34,8 @@ pub struct Report {
     /// Rows checked (events and checkpoints).
     pub rows: u64,
     pub checkpoints: u64,
+    /// Forwarding-ledger rows (rejections recorded in the chain).
+    pub ledger_rows: u64,
     /// Checkpoints whose signature was checked and holds.
     pub signed_checkpoints: u64,
     /// The newest sequence number covered by a valid checkpoint.
@@ -81,7 +86,7 @@ impl fmt::Display for cloudwatch::CloudWatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "cloudwatch: {} stream(s) of {}: {} messages, {} events match the spool ({} re-sent copies), {} checkpoint(s), {} with a valid signature, {} older than the spool",
+            "cloudwatch: {} stream(s) of {}: {} messages, {} events match the spool ({} re-sent copies), {} checkpoint(s), {} with a valid signature, {} older than the spool, {} refused (recorded in the chain)",
             self.streams.len(),
             self.group,
             self.messages,
@@ -89,13 +94,15 @@ impl fmt::Display for cloudwatch::CloudWatchReport {
             self.resent,
             self.checkpoints,
             self.signed_checkpoints,
-            self.older_than_spool
+            self.older_than_spool,
+            self.rejected
         )?;
         for (what, list) in [
             ("missing from CloudWatch", &self.missing),
             ("added to CloudWatch", &self.added),
             ("altered in CloudWatch", &self.altered),
             ("checkpoint problem(s)", &self.checkpoint_problems),
+            ("missing tail", &self.missing_tail),
         ] {
             if list.count > 0 {
                 writeln!(f, "cloudwatch: {} {what}:", list.count)?;
@@ -116,6 +123,30 @@ pub struct Options {
     pub to: Option<i64>,
     /// The key checkpoints must be signed with; `None`: signatures are not checked.
     pub public_key: Option<KeyRing>,
+    /// `spool.retention_days`: a cut of the oldest rows must be confirmed by a checkpoint
+    /// at least this old (retention never cuts younger rows). `None`: not checked.
+    pub retention: Option<Duration>,
+    /// `integrity.checkpoint_interval`: the newest checkpoint may be older than the
+    /// writer's last commit by at most twice this. `None`: not checked.
+    pub checkpoint_interval: Option<Duration>,
+    /// The time to judge ages against, ms since the epoch (default: the clock).
+    pub now_ms: Option<i64>,
+}
+
+impl Options {
+    fn now_ms(&self) -> i64 {
+        self.now_ms.unwrap_or_else(|| {
+            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+        })
+    }
+}
+
+/// A cut of the oldest rows, waiting for the checkpoint that confirms it.
+struct PendingCut {
+    /// Rows up to here are gone.
+    through: i64,
+    /// The confirming checkpoint must be older than this (ms); `None`: not checked.
+    cutoff_ms: Option<i64>,
 }
 
 struct Walk<'a> {
@@ -125,6 +156,10 @@ struct Walk<'a> {
     report: Report,
     /// The row where the chain broke, for the diagnosis.
     failed: Option<ChainRow>,
+    /// A retention cut not confirmed yet by the first checkpoint after it.
+    cut: Option<PendingCut>,
+    /// The newest valid checkpoint (signed, when a key is given): its row and time.
+    newest: Option<(i64, i64)>,
 }
 
 impl Walk<'_> {
@@ -159,6 +194,28 @@ impl Walk<'_> {
         if r.is_checkpoint() {
             if let ControlFlow::Break(()) = self.checkpoint(&r) {
                 return ControlFlow::Break(());
+            }
+        }
+        if r.is_ledger() {
+            match LedgerEntry::from_json(&r.body) {
+                Ok(e) if e.seq < r.seq => self.report.ledger_rows += 1,
+                Ok(e) => {
+                    return self.brk(
+                        r.seq,
+                        "forged_ledger",
+                        format!(
+                            "the forwarding-ledger row at seq {} records a rejection of seq {}, which comes after it",
+                            r.seq, e.seq
+                        ),
+                    )
+                }
+                Err(e) => {
+                    return self.brk(
+                        r.seq,
+                        "forged_ledger",
+                        format!("the forwarding-ledger row at seq {} is unreadable: {e}", r.seq),
+                    )
+                }
             }
         }
         let h = r.hash_at(&self.prev, r.seq);
@@ -227,6 +284,37 @@ impl Walk<'_> {
                 ),
             );
         }
+        if let Some(cut) = self.cut.take() {
+            // The first checkpoint after a cut vouches for it: its chain head confirms the
+            // purge anchor (checked above), its signature that nobody wrote it afterwards,
+            // and its time that retention could cut there at all.
+            if self.key.is_some() && !signed {
+                return self.brk(
+                    r.seq,
+                    "purge_unconfirmed",
+                    format!(
+                        "the spool was cut through seq {} as if by retention, but the first checkpoint after the cut (seq {}) is not signed",
+                        cut.through, r.seq
+                    ),
+                );
+            }
+            if let Some(cutoff) = cut.cutoff_ms.filter(|c| cp.time_ms >= *c) {
+                let days = (cp.time_ms - cutoff) as f64 / 86_400_000.0;
+                return self.brk(
+                    r.seq,
+                    "purge_unconfirmed",
+                    format!(
+                        "the spool was cut through seq {} as if by retention, but the first checkpoint after the cut (seq {}) was written at {}, {days:.1} day(s) too recent for spool.retention_days: retention never cuts there, so rows were deleted",
+                        cut.through,
+                        r.seq,
+                        crate::event::format_timestamp_ms(cp.time_ms)
+                    ),
+                );
+            }
+        }
+        if signed || self.key.is_none() {
+            self.newest = Some((r.seq, cp.time_ms));
+        }
         self.report.checkpoints += 1;
         self.report.signed_checkpoints += signed as u64;
         self.report.covered_through = cp.sequence;
@@ -248,6 +336,8 @@ fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> 
         expected: meta.purged_through + 1,
         report: Report::default(),
         failed: None,
+        cut: None,
+        newest: None,
     };
     walk.report.anchor = "genesis".into();
     if meta.purged_through > 0 {
@@ -268,6 +358,13 @@ fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> 
                 return Ok(walk.report);
             }
         }
+    }
+    let now = opts.now_ms();
+    if meta.purged_through > 0 {
+        walk.cut = Some(PendingCut {
+            through: meta.purged_through,
+            cutoff_ms: opts.retention.map(|r| now - r.as_millis() as i64),
+        });
     }
     let mut start = walk.expected;
     // A row below the start (seq <= 0, or inside the purged range) is outside the chain,
@@ -302,6 +399,8 @@ fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> 
                 walk.expected = cp_row;
                 start = cp_row;
                 walk.report.anchor = format!("checkpoint at seq {cp_row}");
+                // The range starts after the cut: whether it was retention's is not asked.
+                walk.cut = None;
             }
         }
     }
@@ -316,12 +415,57 @@ fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> 
     let mut report = walk.report;
     report.chain_head = to_hex(&walk.prev);
     if report.broken.is_none() && opts.to.is_none() {
+        if let Some(cut) = &walk.cut {
+            report.broken = Some(Break {
+                seq: cut.through + 1,
+                kind: "purge_unconfirmed",
+                detail: format!(
+                    "the spool was cut through seq {} but no checkpoint after the cut confirms it: rows were deleted",
+                    cut.through
+                ),
+            });
+        }
+    }
+    if report.broken.is_none() && opts.to.is_none() {
         tail(&meta, &walk.prev, &mut report);
     }
     if report.broken.is_none() {
         notes(&mut report, opts);
     }
+    if report.broken.is_none() && opts.to.is_none() {
+        stale(&meta, opts, walk.newest, &mut report);
+    }
     Ok(report)
+}
+
+/// The writer checkpoints at least every `checkpoint_interval` while it runs (also when
+/// idle), and its first checkpoint comes that long after its start: a newest checkpoint
+/// much older than the last commit means the rows after it were cut, with the writer's
+/// bookkeeping rewritten to match.
+fn stale(meta: &ChainMeta, opts: &Options, newest: Option<(i64, i64)>, report: &mut Report) {
+    let (Some(interval), Some((seq, time_ms))) = (opts.checkpoint_interval, newest) else {
+        return;
+    };
+    let since = time_ms.max(meta.opened_ms);
+    let late = meta.last_commit_ms - since;
+    if late > 2 * interval.as_millis() as i64 {
+        let signed = if opts.public_key.is_some() {
+            "signed "
+        } else {
+            ""
+        };
+        report.broken = Some(Break {
+            seq: seq + 1,
+            kind: "stale_checkpoint",
+            detail: format!(
+                "the newest {signed}checkpoint (seq {seq}, written at {}) is {:.1} s older than the writer's last commit (at {}), more than twice integrity.checkpoint_interval ({} s): the writer checkpoints at least that often, so the newest rows were cut",
+                crate::event::format_timestamp_ms(time_ms),
+                late as f64 / 1000.0,
+                crate::event::format_timestamp_ms(meta.last_commit_ms),
+                interval.as_secs_f64()
+            ),
+        });
+    }
 }
 
 /// Checks the end of the chain against what the writer recorded.
@@ -369,6 +513,18 @@ fn notes(report: &mut Report, opts: &Options) {
             seq: report.from_seq,
             kind: "unsigned",
             detail: "a public key was given but no checkpoint in the range is signed".into(),
+        });
+        return;
+    } else if report.rows > 0 && report.checkpoints == 0 && opts.to.is_none() {
+        // A spool rewritten as a whole (chain recomputed, checkpoints left out) looks
+        // like this: nothing signed vouches for any of it.
+        report.broken = Some(Break {
+            seq: report.from_seq,
+            kind: "unsigned",
+            detail: format!(
+                "a public key was given but no checkpoint covers the {} row(s) checked: nothing signed vouches for them",
+                report.rows
+            ),
         });
         return;
     }

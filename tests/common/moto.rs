@@ -482,7 +482,8 @@ pub fn wait_all_forwarded(
     state
 }
 
-/// A checkpoint row of the spool (`org = 0`).
+/// A checkpoint row of the spool (`org = 0`, `action = 'checkpoint'`; forwarding-ledger
+/// rows, `action = 'rejected'`, are not sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolCheckpoint {
     pub seq: i64,
@@ -494,7 +495,9 @@ pub struct SpoolCheckpoint {
 pub fn spool_checkpoints(h: &Harness) -> Vec<SpoolCheckpoint> {
     let c = h.db().expect("spool exists");
     let mut stmt = c
-        .prepare("SELECT seq, ts_ms, body FROM events WHERE org = 0 ORDER BY seq")
+        .prepare(
+            "SELECT seq, ts_ms, body FROM events WHERE org = 0 AND action = 'checkpoint' ORDER BY seq",
+        )
         .unwrap();
     let rows = stmt
         .query_map([], |r| {
