@@ -1,11 +1,12 @@
 //! The REST form of ListAuditLogs for people with curl, and the NDJSON export.
 
 use super::error::ApiError;
-use super::request::{ListRequest, MAX_PAGE_SIZE, REST};
+use super::request::{parse_decimal, ListRequest, MAX_PAGE_SIZE, REST};
 use super::{connect, ApiState};
 use crate::event::ApiAuditLog;
 use crate::spool::SpoolError;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -55,9 +56,8 @@ pub fn rest_request(
                 ))
             }
             "pageSize" => {
-                r.page_size = Some(raw.parse().map_err(|_| {
-                    ApiError::invalid("pageSize", format!("not an integer: {raw:?}"))
-                })?)
+                r.page_size =
+                    Some(parse_decimal(raw).map_err(|m| ApiError::invalid("pageSize", m))?)
             }
             _ => unreachable!("checked against allowed"),
         }
@@ -65,15 +65,38 @@ pub fn rest_request(
     Ok(r)
 }
 
+/// The organization in the path and the query string's pairs, or a Connect error (axum's
+/// own rejections are plain text). A percent-escape that does not decode to UTF-8 is
+/// the usual cause.
+fn path_and_query(
+    org: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<(String, Vec<(String, String)>), ApiError> {
+    let Path(org) = org.map_err(|_| {
+        ApiError::invalid(
+            "organizationId",
+            "the path segment is not valid percent-encoded UTF-8",
+        )
+    })?;
+    let Query(params) = params.map_err(|_| {
+        ApiError::invalid(
+            "query",
+            "the query string is not valid percent-encoded UTF-8",
+        )
+    })?;
+    Ok((org, params))
+}
+
 /// `GET /v1/organizations/{organizationId}/audit-logs`.
 pub async fn list(
     State(s): State<ApiState>,
-    Path(org): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
+    org: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let work = async {
         let caller = s.authenticate(&headers)?;
+        let (org, params) = path_and_query(org, params)?;
         let allowed = ["from", "to", "actorId", "action", "pageSize", "pageToken"];
         let req = rest_request(org, &params, &allowed)?;
         let page = s.list(&caller, &req, REST).await?;
@@ -119,12 +142,13 @@ impl http_body::Body for ChannelBody {
 /// line, newest first, streamed (the timeout covers everything before the first byte).
 pub async fn export(
     State(s): State<ApiState>,
-    Path(org): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
+    org: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let work = async {
         let caller = s.authenticate(&headers)?;
+        let (org, params) = path_and_query(org, params)?;
         let req = rest_request(org, &params, &["from", "to", "actorId", "action"])?;
         let mut plan = s.authorize(&caller, &req, REST)?;
         plan.query.limit = usize::MAX;
@@ -199,6 +223,12 @@ mod tests {
             (p(&[("pageSize", "five")]), "pageSize"),
             (p(&[("pagesize", "5")]), "pagesize"),
             (p(&[("from", "a"), ("from", "b")]), "from"),
+            (p(&[("pageSize", "00")]), "pageSize"),
+            (p(&[("pageSize", "-0")]), "pageSize"),
+            (p(&[("pageSize", "+5")]), "pageSize"),
+            (p(&[("pageSize", "05")]), "pageSize"),
+            (p(&[("pageSize", " 5")]), "pageSize"),
+            (p(&[("pageSize", "")]), "pageSize"),
         ] {
             let e = rest_request("o".into(), &q, &all).unwrap_err();
             assert!(e.message.starts_with(&format!("{field}:")), "{e}");
