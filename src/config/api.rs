@@ -21,6 +21,23 @@ pub struct ApiConfig {
     /// `"10s"`, between 100ms and 10m.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// How long an NDJSON export may wait for its client to take the next piece of the
+    /// stream; a client that reads nothing for this long has its export cut (the stream
+    /// ends without its final chunk, so it is never mistaken for a complete one).
+    /// Default `"2m"`, between 1s and 1h. The socket buffers between the relay and a
+    /// client hold megabytes, so a client reading a trickle can look stalled: keep this
+    /// well above a minute.
+    #[serde(default = "default_export_stall_timeout")]
+    pub export_stall_timeout: HumanDuration,
+    /// NDJSON exports running at once, over all callers; one more is answered 429
+    /// `resource_exhausted`. Exports take spool read permits only while reading a chunk,
+    /// so page reads are never starved by them. Default 8, between 1 and 256.
+    #[serde(default = "default_max_exports")]
+    pub max_exports: usize,
+    /// NDJSON exports one caller (a user, or an operator token) may run at once.
+    /// Default 2, between 1 and `max_exports`.
+    #[serde(default = "default_max_exports_per_caller")]
+    pub max_exports_per_caller: usize,
     /// PEM file with the server certificate chain (leaf first), to serve the API over
     /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
     #[serde(default)]
@@ -83,6 +100,18 @@ fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
 
+fn default_export_stall_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+
+fn default_max_exports() -> usize {
+    8
+}
+
+fn default_max_exports_per_caller() -> usize {
+    2
+}
+
 fn default_user_claim() -> String {
     "sub".to_string()
 }
@@ -106,6 +135,28 @@ pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
         bad(
             "api.request_timeout".into(),
             format!("must be between 100ms and 10m, got {}", c.request_timeout),
+        );
+    }
+    let t = c.export_stall_timeout.0;
+    if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
+        bad(
+            "api.export_stall_timeout".into(),
+            format!("must be between 1s and 1h, got {}", c.export_stall_timeout),
+        );
+    }
+    if !(1..=256).contains(&c.max_exports) {
+        bad(
+            "api.max_exports".into(),
+            format!("must be between 1 and 256, got {}", c.max_exports),
+        );
+    }
+    if c.max_exports_per_caller < 1 || c.max_exports_per_caller > c.max_exports.max(1) {
+        bad(
+            "api.max_exports_per_caller".into(),
+            format!(
+                "must be between 1 and api.max_exports ({}), got {}",
+                c.max_exports, c.max_exports_per_caller
+            ),
         );
     }
     match (&c.tls_cert, &c.tls_key) {
@@ -188,6 +239,8 @@ mod tests {
         assert_eq!(api.request_timeout.0.as_secs(), 10);
         assert!(api.auth.is_none() && api.tokens.is_empty());
         assert!(api.tls_cert.is_none() && api.tls_key.is_none());
+        assert_eq!(api.export_stall_timeout.0.as_secs(), 120);
+        assert_eq!((api.max_exports, api.max_exports_per_caller), (8, 2));
         let full = r#"
 [api]
 listen = "127.0.0.1:8080"
@@ -212,6 +265,9 @@ organizations = ["*"]
 listen = "127.0.0.1:8080"
 max_body_bytes = "10"
 request_timeout = "1h"
+export_stall_timeout = "0s"
+max_exports = 4
+max_exports_per_caller = 5
 [api.auth]
 jwt_issuer = ""
 jwt_audience = "a"
@@ -228,6 +284,8 @@ organizations = ["not-a-uuid"]
         for want in [
             "api.max_body_bytes: must be between",
             "api.request_timeout: must be between",
+            "api.export_stall_timeout: must be between 1s and 1h",
+            "api.max_exports_per_caller: must be between 1 and api.max_exports (4), got 5",
             "api.auth: give jwt_hs256_secret_file",
             "api.auth.jwt_issuer: must not be empty",
             "api.tokens[0].sha256: must be 64 hex characters",
@@ -237,7 +295,7 @@ organizations = ["not-a-uuid"]
         ] {
             assert!(p.iter().any(|x| x.starts_with(want)), "{want} in {p:#?}");
         }
-        assert_eq!(p.len(), 8, "{p:#?}");
+        assert_eq!(p.len(), 10, "{p:#?}");
         assert!(problems("[api]\nlisten = \"x\"\n")[0].starts_with("api.listen"));
         let half = "[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"\n";
         assert_eq!(
