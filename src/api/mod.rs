@@ -23,6 +23,7 @@ pub mod export;
 pub mod metrics;
 pub mod request;
 pub mod rest;
+pub mod server;
 pub mod tls;
 pub mod token;
 
@@ -349,28 +350,19 @@ pub async fn start(
         "query API listening"
     );
     let app = router(state);
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout.0,
+        idle_timeout: config.idle_timeout.0,
+        write_stall: config.export_stall_timeout.0,
+    };
     Ok(tokio::spawn(async move {
-        let served = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-            Some(tls) => {
-                let listener = match tls::TlsListener::new(listener, tls, stop.clone()) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "query API server failed");
-                        return;
-                    }
-                };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "query API server failed");
+        match tls {
+            None => server::serve(listener, app, limits, stop, "api").await,
+            Some(tls) => match tls::TlsListener::new(listener, tls, stop.clone()) {
+                Ok(l) => server::serve(l, app, limits, stop, "api").await,
+                Err(e) => tracing::error!(error = %e, "query API server failed"),
+            },
         }
     }))
 }
