@@ -67,11 +67,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let cursors = forward::cursor_names(config.cloudwatch.as_ref());
             let app = admin::router(health.clone(), config.spool.dir.clone(), cursors);
             let stop = admin_stop.clone();
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            }))
+            // Its own connection cap and timeouts: probes answer when the API is flooded.
+            let limits = api::server::Limits {
+                max_connections: a.max_connections,
+                header_read_timeout: a.header_read_timeout.0,
+                idle_timeout: a.idle_timeout.0,
+                write_stall: a.idle_timeout.0,
+            };
+            Some(tokio::spawn(api::server::serve(
+                listener, app, limits, stop, "admin",
+            )))
         }
         None => None,
     };

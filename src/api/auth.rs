@@ -44,7 +44,8 @@ impl Caller {
             }
             Caller::Operator { scope, .. } => match scope {
                 Scope::All => true,
-                Scope::Only(orgs) => orgs.iter().any(|o| o.eq_ignore_ascii_case(organization_id)),
+                // Both sides are canonical UUIDs (see `request::canonical_uuid`).
+                Scope::Only(orgs) => orgs.iter().any(|o| o == organization_id),
             },
         }
     }
@@ -56,6 +57,13 @@ impl Caller {
             Caller::Operator { name, .. } => format!("operator:{name}"),
         }
     }
+}
+
+/// An organization id in its canonical form (lowercase, hyphenated), if it is a UUID.
+fn canonical_uuid(s: &str) -> Option<String> {
+    uuid::Uuid::try_parse(s)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
 }
 
 struct OperatorToken {
@@ -101,7 +109,13 @@ impl Authenticator {
             let scope = if t.organizations.iter().any(|o| o == "*") {
                 Scope::All
             } else {
-                Scope::Only(t.organizations.clone())
+                let mut orgs = Vec::with_capacity(t.organizations.len());
+                for (j, o) in t.organizations.iter().enumerate() {
+                    orgs.push(canonical_uuid(o).ok_or(format!(
+                        "api.tokens[{i}].organizations[{j}]: not an organization id (a UUID) or \"*\": {o:?}"
+                    ))?);
+                }
+                Scope::Only(orgs)
             };
             operators.push(OperatorToken {
                 name: t.name.clone(),
@@ -242,34 +256,126 @@ impl JwtKeys {
             }
             _ => return Err(invalid()),
         };
+        // The library checks the signature and the algorithm only: its claim checks
+        // accept a malformed `nbf` or an `iss` array and round a fractional `exp`, so
+        // every registered claim is checked here, failing closed.
         let mut v = Validation::new(header.alg);
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v.validate_nbf = true;
-        v.leeway = 30;
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &v)
                 .map_err(|e| {
                     tracing::debug!(error = %e, "query API: JWT refused");
+                    // A JSON error comes only after the signature was verified: the
+                    // library's own claim parser choked on a claim of the wrong shape
+                    // (an `exp` array, say), so name it as the check below would.
                     match e.kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                            ApiError::unauthenticated("token expired")
-                        }
+                        jsonwebtoken::errors::ErrorKind::Json(_) => signed_claims(token)
+                            .and_then(|c| {
+                                check_registered_claims(&c, &self.issuer, &self.audience, now_s)
+                                    .err()
+                            })
+                            .map_or_else(invalid, |e| ApiError::unauthenticated(e.to_string())),
                         _ => invalid(),
                     }
                 })?;
-        // jsonwebtoken checked `exp` against the system clock; `now_s` keeps tests exact.
-        let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
-        if exp + v.leeway < now_s {
-            return Err(ApiError::unauthenticated("token expired"));
-        }
-        let nbf = data.claims.get("nbf").and_then(|e| e.as_u64()).unwrap_or(0);
-        if nbf > now_s + v.leeway {
-            return Err(ApiError::unauthenticated("token not valid yet"));
-        }
+        check_registered_claims(&data.claims, &self.issuer, &self.audience, now_s)
+            .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
         claims_caller(&data.claims, &self.user_claim, &self.roles_claim).ok_or_else(invalid)
     }
+}
+
+/// The claims of a token whose signature has been verified, parsed as plain JSON.
+fn signed_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+const LEEWAY_S: f64 = 30.0;
+
+/// Why a token's registered claims are refused; each names the claim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("token claim {0}: required")]
+    Missing(&'static str),
+    #[error("token claim {0}: must be a NumericDate (seconds since 1970, a non-negative number)")]
+    NotNumericDate(&'static str),
+    #[error("token claim iss: must be a string")]
+    IssuerNotString,
+    #[error("token claim iss: not the configured issuer")]
+    WrongIssuer,
+    #[error("token claim aud: must be a string or an array of strings")]
+    AudienceMalformed,
+    #[error("token claim aud: does not name this relay's audience")]
+    WrongAudience,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds, fractions allowed.
+fn numeric_date(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &'static str,
+) -> Result<Option<f64>, ClaimError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => match n.as_f64() {
+            Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(s)),
+            _ => Err(ClaimError::NotNumericDate(name)),
+        },
+        Some(_) => Err(ClaimError::NotNumericDate(name)),
+    }
+}
+
+/// Checks `exp` (required), `nbf` (if given), `iss` (one string, equal) and `aud` (a
+/// string or an array of strings, naming `audience`) at `now_s`. Pure; any claim of
+/// the wrong type is refused rather than ignored.
+pub fn check_registered_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: &str,
+    audience: &str,
+    now_s: u64,
+) -> Result<(), ClaimError> {
+    let now = now_s as f64;
+    let exp = numeric_date(claims, "exp")?.ok_or(ClaimError::Missing("exp"))?;
+    let nbf = numeric_date(claims, "nbf")?;
+    match claims.get("iss") {
+        None => return Err(ClaimError::Missing("iss")),
+        Some(serde_json::Value::String(s)) if s == issuer => {}
+        Some(serde_json::Value::String(_)) => return Err(ClaimError::WrongIssuer),
+        Some(_) => return Err(ClaimError::IssuerNotString),
+    }
+    let named = match claims.get("aud") {
+        None => return Err(ClaimError::Missing("aud")),
+        Some(serde_json::Value::String(s)) => s == audience,
+        Some(serde_json::Value::Array(a)) => {
+            let mut named = false;
+            for v in a {
+                named |= v.as_str().ok_or(ClaimError::AudienceMalformed)? == audience;
+            }
+            named
+        }
+        Some(_) => return Err(ClaimError::AudienceMalformed),
+    };
+    if !named {
+        return Err(ClaimError::WrongAudience);
+    }
+    if exp + LEEWAY_S < now {
+        return Err(ClaimError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now + LEEWAY_S) {
+        return Err(ClaimError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// The caller described by verified claims: a non-empty user id, and roles as a map
@@ -282,9 +388,10 @@ fn claims_caller(
     let user_id = claims.get(user_claim)?.as_str().filter(|s| !s.is_empty())?;
     let roles = match claims.get(roles_claim) {
         None | Some(serde_json::Value::Null) => HashMap::new(),
+        // Keys that are not UUIDs can name no organization a request may ask for.
         Some(serde_json::Value::Object(m)) => m
             .iter()
-            .filter_map(|(org, role)| Some((org.clone(), role.as_str()?.to_string())))
+            .filter_map(|(org, role)| Some((canonical_uuid(org)?, role.as_str()?.to_string())))
             .collect(),
         Some(_) => return None,
     };
@@ -319,7 +426,7 @@ jwt_audience = "audit-relay"
 [[api.tokens]]
 name = "ops-a"
 sha256 = "{}"
-organizations = ["{A}"]
+organizations = ["{}"]
 [[api.tokens]]
 name = "admin"
 sha256 = "{}"
@@ -327,6 +434,8 @@ organizations = ["*"]
 "#,
             dir.join("secret").display(),
             hex(&Sha256::digest(b"token-a")),
+            // Spelled in uppercase: the scope compares the canonical form.
+            A.to_uppercase(),
             hex(&Sha256::digest(b"token-admin")),
         );
         let c = Config::from_toml(&text).unwrap();
@@ -349,7 +458,7 @@ organizations = ["*"]
 
     fn claims(exp: u64, aud: &str) -> serde_json::Value {
         serde_json::json!({"sub": "u1", "iss": "https://gitpod.example.com", "aud": aud,
-            "exp": exp, "orgs": {A: "owner", B: "member"}})
+            "exp": exp, "orgs": {A.to_uppercase(): "owner", B: "member", "not-a-uuid": "owner"}})
     }
 
     #[test]
@@ -422,5 +531,87 @@ organizations = ["*"]
             SECRET,
         );
         assert!(!a.authenticate(Some(&t), NOW).unwrap().may_read(A));
+    }
+
+    #[test]
+    fn registered_claims_fail_closed_and_name_the_claim() {
+        let d = tempfile::tempdir().unwrap();
+        let a = authenticator(d.path());
+        let base = || {
+            serde_json::json!({"sub": "u1", "iss": "https://gitpod.example.com",
+                "aud": "audit-relay", "exp": NOW + 600, "orgs": {A: "owner"}})
+        };
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base();
+            c[k] = v;
+            jwt(c, SECRET)
+        };
+        let refused = [
+            (with("nbf", serde_json::json!("0")), "token claim nbf:"),
+            (with("nbf", serde_json::json!(null)), "token claim nbf:"),
+            (
+                with("exp", serde_json::json!("4000000600")),
+                "token claim exp:",
+            ),
+            (with("exp", serde_json::json!(-1)), "token claim exp:"),
+            (
+                with("exp", serde_json::json!([NOW + 600])),
+                "token claim exp:",
+            ),
+            (
+                with("iss", serde_json::json!(["https://gitpod.example.com"])),
+                "token claim iss:",
+            ),
+            (
+                with("iss", serde_json::json!("https://evil.example.com")),
+                "token claim iss:",
+            ),
+            (with("aud", serde_json::json!(7)), "token claim aud:"),
+            (
+                with("aud", serde_json::json!(["audit-relay", 7])),
+                "token claim aud:",
+            ),
+            (
+                with("aud", serde_json::json!({"audit-relay": true})),
+                "token claim aud:",
+            ),
+            (
+                with("aud", serde_json::json!(["other"])),
+                "token claim aud:",
+            ),
+            // Past the 30 s leeway, by a fraction of a second.
+            (
+                with("exp", serde_json::json!(NOW as f64 - 30.5)),
+                "token expired",
+            ),
+            (
+                with("nbf", serde_json::json!(NOW as f64 + 30.5)),
+                "token not valid yet",
+            ),
+        ];
+        for (i, (t, want)) in refused.iter().enumerate() {
+            let e = a.authenticate(Some(t), NOW).unwrap_err();
+            assert_eq!(
+                e.code,
+                super::super::error::Code::Unauthenticated,
+                "case {i}"
+            );
+            assert!(e.message.starts_with(want), "case {i}: {e}");
+        }
+        let mut c = base();
+        c.as_object_mut().unwrap().remove("exp");
+        let e = a.authenticate(Some(&jwt(c, SECRET)), NOW).unwrap_err();
+        assert_eq!(e.message, "token claim exp: required");
+        // Fractional NumericDates are honoured, and an audience list naming this relay.
+        for ok in [
+            with("exp", serde_json::json!(NOW as f64 + 600.25)),
+            with("exp", serde_json::json!(NOW as f64 - 29.5)),
+            with("nbf", serde_json::json!(NOW as f64 + 29.5)),
+            with("nbf", serde_json::json!(NOW as f64 - 0.75)),
+            with("aud", serde_json::json!(["other", "audit-relay"])),
+        ] {
+            let c = a.authenticate(Some(&ok), NOW).unwrap();
+            assert!(c.may_read(A));
+        }
     }
 }

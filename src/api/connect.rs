@@ -136,11 +136,19 @@ enum JsonInt {
 
 /// Decodes a Connect JSON request; errors name the field.
 pub fn decode_json(body: &[u8]) -> Result<ListRequest, ApiError> {
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    // serde_json skips an unknown field's string without checking its UTF-8, so the
+    // whole body is checked first: JSON text is UTF-8 (RFC 8259 §8.1).
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let r: JsonRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let r: JsonRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let inner = e.inner();
         let path = e.path().to_string();
         if inner.is_syntax() || inner.is_eof() {
@@ -151,12 +159,16 @@ pub fn decode_json(body: &[u8]) -> Result<ListRequest, ApiError> {
             ApiError::invalid(&path, inner)
         }
     })?;
+    // Only whitespace may follow the object.
+    de.end()
+        .map_err(|_| ApiError::invalid("body", "unexpected characters after the JSON object"))?;
     let page_size = match r.pagination.as_ref().and_then(|p| p.page_size.as_ref()) {
         None => None,
         Some(JsonInt::Number(n)) => Some(*n),
-        Some(JsonInt::Text(s)) => Some(s.parse().map_err(|_| {
-            ApiError::invalid("pagination.pageSize", format!("not an integer: {s:?}"))
-        })?),
+        Some(JsonInt::Text(s)) => Some(
+            super::request::parse_decimal(s)
+                .map_err(|m| ApiError::invalid("pagination.pageSize", m))?,
+        ),
     };
     Ok(ListRequest {
         organization_id: r.organization_id.unwrap_or_default(),
@@ -290,7 +302,7 @@ mod tests {
 
     #[test]
     fn json_requests_and_their_errors() {
-        let r = decode_json(br#"{"organizationId":"o"}"#).unwrap();
+        let r = decode_json(b"{\"organizationId\":\"o\"}\r\n ").unwrap();
         assert_eq!(r.organization_id, "o");
         let r = decode_json(
             br#"{"organization_id":"o","from":"2024-01-01T00:00:00Z","actorId":"a","action":"x","pagination":{"pageSize":"20","token":"t"},"future":1}"#,
@@ -309,6 +321,24 @@ mod tests {
             (br#"{"from":5}"#, "from"),
             (br#"{"organizationId":"o""#, "body"),
             (br#"[]"#, "body"),
+            (br#"{"organizationId":"o"} x"#, "body"),
+            (br#"{"organizationId":"o"}{}"#, "body"),
+            (
+                b"{\"organizationId\":\"o\",\"unknown\":\"\xff\xfe\"}",
+                "body",
+            ),
+            (
+                br#"{"pagination":{"pageSize":"00"}}"#,
+                "pagination.pageSize",
+            ),
+            (
+                br#"{"pagination":{"pageSize":"-0"}}"#,
+                "pagination.pageSize",
+            ),
+            (
+                br#"{"pagination":{"pageSize":"+5"}}"#,
+                "pagination.pageSize",
+            ),
         ] {
             let e = decode_json(body).unwrap_err();
             assert!(e.message.starts_with(&format!("{field}:")), "{field}: {e}");

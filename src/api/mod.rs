@@ -5,7 +5,7 @@
 //! - `GET /v1/organizations/{organizationId}/audit-logs?from&to&actorId&action&pageSize&pageToken`
 //!   — the same page as JSON ([`rest`]);
 //! - `GET /v1/organizations/{organizationId}/audit-logs/export?from&to&actorId&action` —
-//!   NDJSON, streamed from the spool with flat memory.
+//!   NDJSON, streamed from the spool in short keyset chunks ([`export`]).
 //!
 //! Every call shows a bearer token ([`auth`]); only an organization's owners, and
 //! operator tokens that list it, may read it. Pages are keyset cursors signed with a
@@ -19,9 +19,11 @@ pub mod audit;
 pub mod auth;
 pub mod connect;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod request;
 pub mod rest;
+pub mod server;
 pub mod tls;
 pub mod token;
 
@@ -56,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Key in the spool's `meta` table of the page-token HMAC key.
 pub const PAGE_TOKEN_KEY: &str = "api_page_token_key";
-/// Spool reads running at once (an export holds one for its whole stream).
+/// Spool reads running at once (an export holds one only while it reads a chunk).
 const CONCURRENT_READS: usize = 16;
 /// Idle read-only spool connections kept for reuse.
 const IDLE_READERS: usize = 8;
@@ -101,6 +103,10 @@ pub struct Inner {
     key: Vec<u8>,
     audit: SyncSender<AppendBatch>,
     reads: Arc<Semaphore>,
+    /// Running exports, in all and per caller.
+    exports: Arc<export::ExportSlots>,
+    /// How long an export waits for its client to take the next piece.
+    export_stall_timeout: Duration,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// Requests by route and status, and their latency (rendered on the admin `/metrics`).
@@ -141,6 +147,8 @@ impl ApiState {
             key,
             audit,
             reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
+            exports: export::ExportSlots::new(config.max_exports, config.max_exports_per_caller),
+            export_stall_timeout: config.export_stall_timeout.0,
             max_body_bytes: config.max_body_bytes.0 as usize,
             request_timeout: config.request_timeout.0,
             metrics,
@@ -298,7 +306,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/organizations/{organization_id}/audit-logs/export",
-            get(rest::export),
+            get(export::export),
         )
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint").into_response() })
         .layer(axum::middleware::from_fn_with_state(
@@ -342,28 +350,19 @@ pub async fn start(
         "query API listening"
     );
     let app = router(state);
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout.0,
+        idle_timeout: config.idle_timeout.0,
+        write_stall: config.export_stall_timeout.0,
+    };
     Ok(tokio::spawn(async move {
-        let served = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-            Some(tls) => {
-                let listener = match tls::TlsListener::new(listener, tls, stop.clone()) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "query API server failed");
-                        return;
-                    }
-                };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "query API server failed");
+        match tls {
+            None => server::serve(listener, app, limits, stop, "api").await,
+            Some(tls) => match tls::TlsListener::new(listener, tls, stop.clone()) {
+                Ok(l) => server::serve(l, app, limits, stop, "api").await,
+                Err(e) => tracing::error!(error = %e, "query API server failed"),
+            },
         }
     }))
 }

@@ -93,10 +93,24 @@ fn nonempty(v: &Option<String>) -> Option<String> {
     v.as_ref().filter(|s| !s.is_empty()).cloned()
 }
 
-fn uuid_field(field: &str, v: &str) -> Result<(), ApiError> {
+/// The canonical form of an id given as a UUID: lowercase and hyphenated, the one form
+/// compared against scopes and roles, queried and written to the read's audit event.
+pub fn canonical_uuid(field: &str, v: &str) -> Result<String, ApiError> {
     uuid::Uuid::try_parse(v)
-        .map(|_| ())
+        .map(|u| u.hyphenated().to_string())
         .map_err(|_| ApiError::invalid(field, format!("not a UUID: {v:?}")))
+}
+
+/// A page size written as text (the REST query string, a Connect JSON string): plain
+/// decimal digits with no sign and no leading zero, so `00` and `-0` are not taken for
+/// "not given".
+pub fn parse_decimal(s: &str) -> Result<i64, String> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    match s.parse::<i64>() {
+        Ok(n) if canonical => Ok(n),
+        _ => Err(format!("not a decimal integer: {s:?}")),
+    }
 }
 
 /// Validates a request at `now_ms`, checking its page token (if any) under `key`.
@@ -109,11 +123,10 @@ pub fn plan(
     if req.organization_id.is_empty() {
         return Err(ApiError::invalid("organizationId", "required"));
     }
-    uuid_field("organizationId", &req.organization_id)?;
-    let actor_id = nonempty(&req.actor_id);
-    if let Some(a) = &actor_id {
-        uuid_field("actorId", a)?;
-    }
+    let organization_id = canonical_uuid("organizationId", &req.organization_id)?;
+    let actor_id = nonempty(&req.actor_id)
+        .map(|a| canonical_uuid("actorId", &a))
+        .transpose()?;
     let page_size = match req.page_size {
         None | Some(0) => None,
         Some(n) if n < 0 => {
@@ -138,14 +151,14 @@ pub fn plan(
             .transpose()
     };
     let asked = AskedFilters {
-        organization_id: req.organization_id.clone(),
+        organization_id: organization_id.clone(),
         from_ms: asked_ms("from", &from)?,
         to_ms: asked_ms("to", &to)?,
         actor_id: actor_id.clone(),
         action: nonempty(&req.action),
     };
     let qr = QueryRequest {
-        organization_id: req.organization_id.clone(),
+        organization_id,
         from,
         to,
         since: None,
@@ -240,6 +253,44 @@ mod tests {
         r.token = Some("garbage".into());
         assert_eq!(field_of(&r, CONNECT), "pagination.token");
         assert_eq!(field_of(&r, REST), "pageToken");
+    }
+
+    #[test]
+    fn ids_are_canonical_uuids() {
+        let actor = "E2EB4315-1CE5-4C5B-B1A1-D6A891C08A56";
+        for org in [
+            ORG.to_uppercase(),
+            format!("{{{ORG}}}"),
+            ORG.replace('-', ""),
+            ORG.to_string(),
+        ] {
+            let mut r = req();
+            r.organization_id = org.clone();
+            r.actor_id = Some(actor.into());
+            let p = plan(&r, NOW, KEY, CONNECT).unwrap();
+            assert_eq!(p.query.organization_id, ORG, "{org}");
+            assert_eq!(p.asked.organization_id, ORG, "{org}");
+            assert_eq!(p.query.actor_id.as_deref(), Some(&*actor.to_lowercase()));
+        }
+        // A page token is bound to the organization, however it was spelled.
+        let t = plan(&req(), NOW, KEY, CONNECT)
+            .unwrap()
+            .next_token(KEY, NOW - 5, 7);
+        let mut r = req();
+        r.organization_id = ORG.to_uppercase();
+        r.token = Some(t);
+        assert_eq!(
+            plan(&r, NOW, KEY, CONNECT).unwrap().before,
+            Some((NOW - 5, 7))
+        );
+        for bad in [
+            "3d5e4ee2-7e5f-468f-b027-276a6551878",
+            "3d5e4ee2 7e5f 468f b027 276a65518784",
+        ] {
+            let mut r = req();
+            r.organization_id = bad.into();
+            assert_eq!(field_of(&r, CONNECT), "organizationId");
+        }
     }
 
     #[test]

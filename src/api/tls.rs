@@ -1,9 +1,10 @@
 //! TLS for the query API (`api.tls_cert`, `api.tls_key`): rustls with the aws-lc-rs
 //! provider the AWS SDK already builds.
 //!
-//! Handshakes run in their own tasks (a slow client cannot hold up others); finished
-//! connections are handed to `axum::serve` through [`TlsListener`], so the server and
-//! its graceful shutdown are the same as for plain HTTP.
+//! Handshakes run in their own tasks (a slow client cannot hold up others), at most
+//! [`READY_CONNECTIONS`] at once; finished connections are handed to
+//! [`super::server::serve`] through [`TlsListener`], so the server, its limits and its
+//! graceful shutdown are the same as for plain HTTP.
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
@@ -69,8 +70,15 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_CONNECTIONS);
         let acceptor = TlsAcceptor::from(config);
+        // Handshakes in progress hold descriptors before the server's connection cap
+        // sees them: bound them too.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(READY_CONNECTIONS));
         tokio::spawn(async move {
             loop {
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = handshakes.clone().acquire_owned() => p.expect("never closed"),
+                };
                 let (tcp, addr) = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = listener.accept() => match r {
@@ -86,6 +94,7 @@ impl TlsListener {
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;

@@ -21,6 +21,36 @@ pub struct ApiConfig {
     /// `"10s"`, between 100ms and 10m.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
+    /// How long an NDJSON export may wait for its client to take the next piece of the
+    /// stream; a client that reads nothing for this long has its export cut (the stream
+    /// ends without its final chunk, so it is never mistaken for a complete one).
+    /// Default `"2m"`, between 1s and 1h. The socket buffers between the relay and a
+    /// client hold megabytes, so a client reading a trickle can look stalled: keep this
+    /// well above a minute.
+    #[serde(default = "default_export_stall_timeout")]
+    pub export_stall_timeout: HumanDuration,
+    /// NDJSON exports running at once, over all callers; one more is answered 429
+    /// `resource_exhausted`. Exports take spool read permits only while reading a chunk,
+    /// so page reads are never starved by them. Default 8, between 1 and 256.
+    #[serde(default = "default_max_exports")]
+    pub max_exports: usize,
+    /// NDJSON exports one caller (a user, or an operator token) may run at once.
+    /// Default 2, between 1 and `max_exports`.
+    #[serde(default = "default_max_exports_per_caller")]
+    pub max_exports_per_caller: usize,
+    /// Connections open at once; more wait in the listen backlog until one closes, so a
+    /// flood cannot take every file descriptor. Default 256, between 1 and 65536.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// from its first byte; then the connection is closed. Default `"10s"`, between
+    /// 100ms and 10m.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// How long a connection may wait for a request (a new connection, or keep-alive
+    /// after a response) before it is closed. Default `"60s"`, between 100ms and 1h.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
     /// PEM file with the server certificate chain (leaf first), to serve the API over
     /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
     #[serde(default)]
@@ -83,6 +113,66 @@ fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
 
+fn default_export_stall_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+
+fn default_max_exports() -> usize {
+    8
+}
+
+fn default_max_exports_per_caller() -> usize {
+    2
+}
+
+pub(super) fn default_max_connections() -> usize {
+    256
+}
+
+pub(super) fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+pub(super) fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// Adds the problems of a port's connection limits (`[api]` or `[admin]`) to `problems`.
+pub(super) fn validate_limits(
+    section: &str,
+    max_connections: usize,
+    header_read_timeout: HumanDuration,
+    idle_timeout: HumanDuration,
+    problems: &mut Vec<Problem>,
+) {
+    let mut bad = |key: &str, message: String| {
+        problems.push(Problem {
+            key: format!("{section}.{key}"),
+            message,
+        })
+    };
+    if !(1..=65536).contains(&max_connections) {
+        bad(
+            "max_connections",
+            format!("must be between 1 and 65536, got {max_connections}"),
+        );
+    }
+    let t = header_read_timeout.0;
+    if t < Duration::from_millis(100) || t > Duration::from_secs(600) {
+        bad(
+            "header_read_timeout",
+            format!("must be between 100ms and 10m, got {header_read_timeout}"),
+        );
+    }
+    let t = idle_timeout.0;
+    if t < Duration::from_millis(100) || t > Duration::from_secs(3600) {
+        bad(
+            "idle_timeout",
+            format!("must be between 100ms and 1h, got {idle_timeout}"),
+        );
+    }
+}
+
 fn default_user_claim() -> String {
     "sub".to_string()
 }
@@ -93,6 +183,13 @@ fn default_roles_claim() -> String {
 
 /// Adds every problem of `[api]` to `problems`, each naming its key.
 pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
+    validate_limits(
+        "api",
+        c.max_connections,
+        c.header_read_timeout,
+        c.idle_timeout,
+        problems,
+    );
     let mut bad = |key: String, message: String| problems.push(Problem { key, message });
     let b = c.max_body_bytes.0;
     if !(1 << 10..=16 << 20).contains(&b) {
@@ -106,6 +203,28 @@ pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
         bad(
             "api.request_timeout".into(),
             format!("must be between 100ms and 10m, got {}", c.request_timeout),
+        );
+    }
+    let t = c.export_stall_timeout.0;
+    if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
+        bad(
+            "api.export_stall_timeout".into(),
+            format!("must be between 1s and 1h, got {}", c.export_stall_timeout),
+        );
+    }
+    if !(1..=256).contains(&c.max_exports) {
+        bad(
+            "api.max_exports".into(),
+            format!("must be between 1 and 256, got {}", c.max_exports),
+        );
+    }
+    if c.max_exports_per_caller < 1 || c.max_exports_per_caller > c.max_exports.max(1) {
+        bad(
+            "api.max_exports_per_caller".into(),
+            format!(
+                "must be between 1 and api.max_exports ({}), got {}",
+                c.max_exports, c.max_exports_per_caller
+            ),
         );
     }
     match (&c.tls_cert, &c.tls_key) {
@@ -188,6 +307,11 @@ mod tests {
         assert_eq!(api.request_timeout.0.as_secs(), 10);
         assert!(api.auth.is_none() && api.tokens.is_empty());
         assert!(api.tls_cert.is_none() && api.tls_key.is_none());
+        assert_eq!(api.export_stall_timeout.0.as_secs(), 120);
+        assert_eq!((api.max_exports, api.max_exports_per_caller), (8, 2));
+        assert_eq!(api.max_connections, 256);
+        assert_eq!(api.header_read_timeout.0.as_secs(), 10);
+        assert_eq!(api.idle_timeout.0.as_secs(), 60);
         let full = r#"
 [api]
 listen = "127.0.0.1:8080"
@@ -212,6 +336,12 @@ organizations = ["*"]
 listen = "127.0.0.1:8080"
 max_body_bytes = "10"
 request_timeout = "1h"
+export_stall_timeout = "0s"
+max_connections = 0
+header_read_timeout = "20m"
+idle_timeout = "2h"
+max_exports = 4
+max_exports_per_caller = 5
 [api.auth]
 jwt_issuer = ""
 jwt_audience = "a"
@@ -228,6 +358,11 @@ organizations = ["not-a-uuid"]
         for want in [
             "api.max_body_bytes: must be between",
             "api.request_timeout: must be between",
+            "api.export_stall_timeout: must be between 1s and 1h",
+            "api.max_connections: must be between 1 and 65536, got 0",
+            "api.header_read_timeout: must be between 100ms and 10m",
+            "api.idle_timeout: must be between 100ms and 1h",
+            "api.max_exports_per_caller: must be between 1 and api.max_exports (4), got 5",
             "api.auth: give jwt_hs256_secret_file",
             "api.auth.jwt_issuer: must not be empty",
             "api.tokens[0].sha256: must be 64 hex characters",
@@ -237,7 +372,7 @@ organizations = ["not-a-uuid"]
         ] {
             assert!(p.iter().any(|x| x.starts_with(want)), "{want} in {p:#?}");
         }
-        assert_eq!(p.len(), 8, "{p:#?}");
+        assert_eq!(p.len(), 13, "{p:#?}");
         assert!(problems("[api]\nlisten = \"x\"\n")[0].starts_with("api.listen"));
         let half = "[api]\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"\n";
         assert_eq!(

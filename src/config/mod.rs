@@ -160,6 +160,18 @@ pub struct AdminConfig {
     /// Address to listen on, e.g. `"0.0.0.0:9090"` for Kubernetes probes, or
     /// `"127.0.0.1:0"` for any free port (the bound address is logged). Required.
     pub listen: std::net::SocketAddr,
+    /// Connections open at once; more wait in the listen backlog. Default 32, between 1
+    /// and 65536 (probes and a scraper need few).
+    #[serde(default = "defaults::admin_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head, from its first byte.
+    /// Default `"5s"`, between 100ms and 10m.
+    #[serde(default = "defaults::admin_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// How long a connection may wait for a request before it is closed. Default
+    /// `"30s"`, between 100ms and 1h.
+    #[serde(default = "defaults::admin_idle_timeout")]
+    pub idle_timeout: HumanDuration,
 }
 
 /// `[integrity]`: checkpoints of the spool's hash chain (see `docs/operations.md`).
@@ -213,6 +225,15 @@ pub enum LogFormat {
 
 mod defaults {
     use super::*;
+    pub fn admin_max_connections() -> usize {
+        32
+    }
+    pub fn admin_header_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    pub fn admin_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
     pub fn shutdown_grace() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
@@ -505,6 +526,15 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
     }
     if let Some(api) = &c.api {
         api::validate(api, &mut problems);
+    }
+    if let Some(a) = &c.admin {
+        api::validate_limits(
+            "admin",
+            a.max_connections,
+            a.header_read_timeout,
+            a.idle_timeout,
+            &mut problems,
+        );
     }
     problems
 }

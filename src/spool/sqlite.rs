@@ -802,6 +802,27 @@ impl Spool {
         Ok(())
     }
 
+    /// Up to `limit` events of `q`, newest first, strictly older than `before`
+    /// (`(ts_ms, seq)`, keyset order), collected before returning: the read transaction
+    /// ends with this call, so a caller that hands the rows to a slow client between
+    /// calls never holds a snapshot (which would keep the WAL from restarting).
+    /// `q.limit` is ignored.
+    pub fn query_chunk(
+        &self,
+        q: &Query,
+        before: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, SpoolError> {
+        let mut chunk = q.clone();
+        chunk.limit = limit;
+        let mut rows = Vec::with_capacity(limit.min(4096));
+        self.query_page_each(&chunk, before, |e| {
+            rows.push(e);
+            Ok::<(), SpoolError>(())
+        })?;
+        Ok(rows)
+    }
+
     /// The secret stored under `key` in `meta`; on first use `init` makes it and it is
     /// stored (a writer handle, outside a transaction of [`Spool::begin`]).
     pub fn meta_secret(

@@ -54,7 +54,12 @@ fn hex(b: &[u8]) -> String {
 /// A harness whose config serves the API on a free port; returns it with the ES256 key
 /// whose public half is in the JWKS file.
 pub fn api_harness() -> (Harness, EcKey) {
-    let h = Harness::new();
+    api_harness_with(&[], &[])
+}
+
+/// Like [`api_harness`], with extra `key = value` lines in `[spool]` and in `[api]`.
+pub fn api_harness_with(spool: &[&str], api: &[&str]) -> (Harness, EcKey) {
+    let h = Harness::with(&[], spool);
     let secret = h.dir.path().join("jwt.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let ec = ec_key("ec-1");
@@ -65,6 +70,7 @@ pub fn api_harness() -> (Harness, EcKey) {
         r#"
 [api]
 listen = "127.0.0.1:0"
+{api}
 
 [api.auth]
 jwt_hs256_secret_file = {secret:?}
@@ -86,6 +92,7 @@ organizations = ["*"]
         hex(&Sha256::digest(ADMIN_TOKEN)),
         secret = secret.display().to_string(),
         jwks = jwks.display().to_string(),
+        api = api.join("\n"),
     ));
     h.write_config(&text);
     (h, ec)
