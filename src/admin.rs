@@ -21,7 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use std::fmt::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How long refused credentials may last before readiness fails.
@@ -42,6 +42,8 @@ pub struct Health {
     pub forward: Mutex<Vec<Arc<ForwardHealth>>>,
     /// The query API's requests (all zero when it is not served).
     pub api: Arc<ApiMetrics>,
+    /// Files matched by `source.paths` that cannot be opened (e.g. permission denied).
+    pub source_unreadable_files: Arc<AtomicU64>,
 }
 
 impl Health {
@@ -59,6 +61,9 @@ impl Health {
         }
         if self.spool_full.load(Ordering::Relaxed) {
             r.push("spool full (spool.max_bytes): reading paused");
+        }
+        if self.source_unreadable_files.load(Ordering::Relaxed) > 0 {
+            r.push("files matched by source.paths cannot be opened (see audit_relay_source_unreadable_files and the log)");
         }
         let forward = self.forward.lock().expect("health");
         if forward
@@ -273,6 +278,13 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
             &failures,
         );
     }
+    metric(
+        &mut o,
+        "audit_relay_source_unreadable_files",
+        "gauge",
+        "Files matched by source.paths that cannot be opened (e.g. permission denied).",
+        &one(s.health.source_unreadable_files.load(Ordering::Relaxed) as f64),
+    );
     render_api(&mut o, &s.health.api);
     let ready = s.health.not_ready_reasons().is_empty();
     metric(

@@ -215,7 +215,9 @@ async fn run_pipeline(
         let health = health.clone();
         spawn_thread("file-source", move || {
             let paused = health.spool_full.clone();
-            let r = FileSource::new(&src, saved, out, cancel, paused).run();
+            let r = FileSource::new(&src, saved, out, cancel, paused)
+                .report_unreadable_to(health.source_unreadable_files.clone())
+                .run();
             health.sources_running.store(false, Ordering::Relaxed);
             r
         })

@@ -76,7 +76,8 @@ pub struct SourceConfig {
     #[serde(default = "defaults::poll_interval")]
     pub poll_interval: HumanDuration,
     /// How long a file that no longer matches `paths` (renamed or deleted by rotation)
-    /// is still followed after its last growth before it is closed. Default `"5s"`.
+    /// is still followed after its last growth before it is closed; what is incomplete
+    /// then is quarantined as `truncated_by_rotation`. Default `"5s"`.
     #[serde(default = "defaults::rotate_wait")]
     pub rotate_wait: HumanDuration,
 }

@@ -18,6 +18,9 @@ use crate::config::Framing;
 use serde::Deserialize;
 use std::borrow::Cow;
 
+/// The quarantine reason of what a rotation (or truncation) cut off: an unterminated
+/// last line, or a record without its final piece.
+pub const TRUNCATED_BY_ROTATION: &str = "truncated_by_rotation";
 /// How many bytes of an oversize record are kept for quarantine.
 pub const OVERSIZE_HEAD_BYTES: usize = 1024;
 /// Room a `cri`/`docker` physical line may take beyond the record limit (prefix,
@@ -127,14 +130,24 @@ impl Deframer {
     /// A partial record (pending, or oversize and being skipped) is read again from its
     /// first piece, so that it is rebuilt or recognized again.
     pub fn resume_point(&self) -> Resume {
+        let first_partial = self.partial.iter().filter_map(|p| p.start).min();
         if self.skip_line {
-            return Resume {
-                mode: ResumeMode::SkipLine,
-                ..Resume::at(self.read_offset())
+            return match first_partial {
+                // The other stream's record is still open: re-read from its first piece;
+                // the oversize line (before `replay_until`) is skipped again silently.
+                Some(start) => Resume {
+                    offset: start,
+                    mode: ResumeMode::Normal,
+                    replay_until: self.replay_until.max(self.read_offset()),
+                },
+                None => Resume {
+                    mode: ResumeMode::SkipLine,
+                    ..Resume::at(self.read_offset())
+                },
             };
         }
         let replay_until = self.replay_until.max(self.buf_start);
-        match self.partial.iter().filter_map(|p| p.start).min() {
+        match first_partial {
             Some(start) => Resume {
                 offset: start,
                 mode: ResumeMode::Normal,
@@ -174,6 +187,58 @@ impl Deframer {
             }
             *p = Partial::default();
         }
+    }
+
+    /// The file was rotated away (and stayed quiet for `source.rotate_wait`) or truncated
+    /// under us: it will not be read further. An unterminated last line and the records
+    /// still waiting for their final piece are reported as bad with the reason
+    /// [`TRUNCATED_BY_ROTATION`], once each (an unterminated `cri`/`docker` piece is part
+    /// of its stream's record, not a record of its own). The deframer is left empty.
+    pub fn finish_rotated(&mut self, out: &mut impl FnMut(Frame<'_>)) {
+        if !self.skip_line && !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            let start = self.buf_start;
+            self.buf_start += line.len() as u64;
+            let piece = match self.framing {
+                Framing::Plain => None,
+                Framing::Cri => parse_cri(&line).map(|(s, text, _)| (s, text.to_vec())),
+                Framing::Docker => serde_json::from_slice::<DockerLine>(&line).ok().map(|d| {
+                    let s = usize::from(d.stream.as_deref() == Some("stderr"));
+                    (s, d.log.as_bytes().to_vec())
+                }),
+            };
+            match piece {
+                Some((stream, text)) if !self.partial[stream].skipping => {
+                    let p = &mut self.partial[stream];
+                    p.start.get_or_insert(start);
+                    p.text.extend_from_slice(&text);
+                }
+                Some(_) => {}
+                None if line.iter().all(u8::is_ascii_whitespace) => {}
+                None => out(Frame::Bad {
+                    reason: format!(
+                        "{TRUNCATED_BY_ROTATION}: the last line has no newline; the file was rotated away or truncated before it was finished"
+                    ),
+                    raw: &line[..line.len().min(OVERSIZE_HEAD_BYTES)],
+                    offset: start,
+                }),
+            }
+        }
+        for p in &mut self.partial {
+            // Never emitted (a record is emitted at its final piece), so never reported.
+            if let (Some(start), false) = (p.start, p.skipping) {
+                out(Frame::Bad {
+                    reason: format!(
+                        "{TRUNCATED_BY_ROTATION}: the record's final piece never came; the file was rotated away or truncated before it"
+                    ),
+                    raw: &p.text[..p.text.len().min(OVERSIZE_HEAD_BYTES)],
+                    offset: start,
+                });
+            }
+            *p = Partial::default();
+        }
+        self.skip_line = false;
+        self.replay_until = self.replay_until.max(self.buf_start);
     }
 
     /// Feeds the next bytes of the file; calls `out` for every record or bad input.
@@ -257,11 +322,31 @@ impl Deframer {
                 offset: start,
             });
         }
+        // The record the line is a piece of is broken with it (reported just now): the
+        // rest of its pieces are skipped up to its final one. The other stream's record
+        // is not touched. A `docker` line names its stream only after the (oversize) text,
+        // so there both streams' records are given up.
+        match self.framing {
+            Framing::Plain => {}
+            Framing::Cri => {
+                if let Some((stream, _, last)) = parse_cri(&self.buf) {
+                    let p = &mut self.partial[stream];
+                    *p = if last {
+                        Partial::default()
+                    } else {
+                        Partial {
+                            text: Vec::new(),
+                            start: Some(p.start.unwrap_or(start)),
+                            skipping: true,
+                        }
+                    };
+                }
+            }
+            Framing::Docker => self.partial = Default::default(),
+        }
         self.buf_start += self.buf.len() as u64;
         self.buf.clear();
         self.skip_line = true;
-        // Partial records cut by a broken line are lost with it.
-        self.partial = Default::default();
     }
 
     fn frame_line(&mut self, line: &[u8], start: u64, out: &mut impl FnMut(Frame<'_>)) {
@@ -578,6 +663,89 @@ mod tests {
                 Out::Bad("record".into(), 4, 14),
             ]
         );
+    }
+
+    fn finish_rotated(d: &mut Deframer) -> Vec<Out> {
+        let mut v = Vec::new();
+        d.finish_rotated(&mut |f| match f {
+            Frame::Bad {
+                reason,
+                raw,
+                offset,
+            } => v.push(Out::Bad(
+                format!(
+                    "{}|{}",
+                    reason.split(':').next().unwrap(),
+                    String::from_utf8_lossy(raw)
+                ),
+                raw.len(),
+                offset,
+            )),
+            Frame::Record { bytes, offset } => v.push(Out::Rec(bytes.to_vec(), offset)),
+        });
+        v
+    }
+
+    #[test]
+    fn rotation_quarantines_what_is_incomplete_once() {
+        let input = b"t stdout P {\"a\":\nt stderr F {}\nt stderr P {\"b\"\nt stdout P 1";
+        let mut d = Deframer::new(Framing::Cri, 100, Resume::at(0));
+        assert_eq!(run(&mut d, &[input]), vec![Out::Rec(b"{}".to_vec(), 17)]);
+        // The unterminated stdout piece belongs to stdout's record: one report for it.
+        assert_eq!(
+            finish_rotated(&mut d),
+            vec![
+                Out::Bad("truncated_by_rotation|{\"a\":1".into(), 6, 0),
+                Out::Bad("truncated_by_rotation|{\"b\"".into(), 4, 31),
+            ]
+        );
+        assert_eq!(finish_rotated(&mut d), vec![], "reported once");
+        assert_eq!(d.resume_point(), Resume::at(input.len() as u64));
+
+        let mut d = Deframer::new(Framing::Plain, 100, Resume::at(0));
+        assert_eq!(
+            run(&mut d, &[b"ok\n{\"half\""]),
+            vec![Out::Rec(b"ok".to_vec(), 0)]
+        );
+        assert_eq!(
+            finish_rotated(&mut d),
+            vec![Out::Bad("truncated_by_rotation|{\"half\"".into(), 7, 3)]
+        );
+        // Nothing incomplete: nothing reported.
+        let mut d = Deframer::new(Framing::Cri, 100, Resume::at(0));
+        run(&mut d, &[b"t stdout F {}\n"]);
+        assert_eq!(finish_rotated(&mut d), vec![]);
+    }
+
+    #[test]
+    fn oversize_line_on_one_stream_keeps_the_other_streams_record() {
+        let max = 1000;
+        let long = format!("t stdout P {}\n", "y".repeat(max + FRAME_OVERHEAD + 10));
+        let mut input = b"t stderr P {\"a\":\n".to_vec();
+        let long_at = input.len() as u64;
+        input.extend(long.as_bytes());
+        input.extend(b"t stdout F tail\nt stderr F 1}\n");
+        let last_at = input.len() as u64;
+        input.extend(b"t stdout F {}\n");
+        let expected = vec![
+            Out::Bad("line".into(), 1024, long_at),
+            Out::Rec(b"{\"a\":1}".to_vec(), 0),
+            Out::Rec(b"{}".to_vec(), last_at),
+        ];
+        for chunk in [100, 4096, 1 << 20] {
+            let mut d = Deframer::new(Framing::Cri, max, Resume::at(0));
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            assert_eq!(run(&mut d, &chunks), expected, "chunk {chunk}");
+        }
+        // A restart in the middle of the oversize line: stderr's record is rebuilt from
+        // its first piece, the oversize line is not reported again.
+        let mut d = Deframer::new(Framing::Cri, max, Resume::at(0));
+        let cut = long_at as usize + max + FRAME_OVERHEAD + 5;
+        assert_eq!(run(&mut d, &[&input[..cut]]), expected[..1].to_vec());
+        let r = d.resume_point();
+        assert_eq!((r.offset, r.mode), (0, ResumeMode::Normal));
+        let mut d2 = Deframer::new(Framing::Cri, max, r);
+        assert_eq!(run(&mut d2, &[&input[..]]), expected[1..].to_vec());
     }
 
     #[test]

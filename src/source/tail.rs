@@ -10,8 +10,12 @@
 //! Rotation:
 //! - rename + create: the old file stays open and is read to its end, then closed after
 //!   `rotate_wait` without growth; the new file (new inode) is read from its start.
+//!   What is still incomplete in the old file when it is closed (an unterminated last
+//!   line, a `cri`/`docker` record without its final piece) is quarantined with reason
+//!   `truncated_by_rotation`, never dropped silently.
 //! - copytruncate: the size falls below the read offset, or the first bytes no longer
-//!   match the fingerprint: reading restarts at 0.
+//!   match the fingerprint: what was incomplete is quarantined as above, and reading
+//!   restarts at 0.
 //! - delete + recreate: like rename; a reused inode is told apart by its fingerprint.
 
 use super::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
@@ -19,11 +23,11 @@ use super::framing::{Deframer, Resume, ResumeMode};
 use super::{Collector, WriterGone};
 use crate::config::{SourceConfig, StartAt};
 use notify::Watcher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,9 +48,49 @@ struct Tailed {
     last_growth: Instant,
     /// Read since its checkpoint was last handed over.
     dirty: bool,
+    /// What `fstat` said at the last pass; the content is looked at only when it changes.
+    stamp: Option<Stamp>,
+    /// Other names the file was matched under (logged once each, at most
+    /// [`MAX_ALIASES`] kept).
+    aliases: HashSet<PathBuf>,
+}
+
+/// Other names of one file remembered (and logged) at most; a directory loop under `**`
+/// can give a file very many.
+const MAX_ALIASES: usize = 16;
+
+/// The parts of a file's status that change whenever its content does. `ctime` cannot
+/// be set back by a user, so an in-place rewrite (copytruncate, `cp` over it) always
+/// shows here, even one that keeps the size and restores the mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl Tailed {
+    /// `alias` names this file too: logged the first time, then followed only once.
+    fn note_alias(&mut self, alias: &Path) {
+        if self.aliases.len() < MAX_ALIASES && self.aliases.insert(alias.to_path_buf()) {
+            tracing::info!(
+                path = %self.name,
+                alias = %alias.display(),
+                "file also matched under another name (symlink or hard link); it is read once, under its first name"
+            );
+        }
+    }
+
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             file: self.id,
@@ -71,6 +115,49 @@ pub struct FileSource {
     chunk: Vec<u8>,
     /// Set while the spool is full: read nothing, keep every offset.
     paused: Arc<AtomicBool>,
+    unreadable: Unreadable,
+}
+
+/// How often a matched file that cannot be opened is logged again.
+const UNREADABLE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// Matched names that could not be opened (or looked at) in the last pass: each is
+/// logged when it starts failing and then at most once a minute, with the number of
+/// passes that failed in between; their number is published for `/metrics` and
+/// `/readyz`.
+#[derive(Default)]
+struct Unreadable {
+    /// Name → when it was last logged, and the failed passes since.
+    failing: HashMap<PathBuf, (Instant, u64)>,
+    gauge: Arc<AtomicU64>,
+}
+
+impl Unreadable {
+    /// Takes the failures of one pass; a name not among them is readable again (or gone).
+    fn pass(&mut self, failed: Vec<(PathBuf, std::io::Error)>) {
+        let mut now_failing = HashMap::with_capacity(failed.len());
+        for (path, e) in failed {
+            let (last, unlogged) = match self.failing.remove(&path) {
+                Some((last, n)) if last.elapsed() < UNREADABLE_WARNING_EVERY => (last, n + 1),
+                previous => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        failed_passes_since_last_warning = previous.map_or(0, |(_, n)| n),
+                        "cannot open file (logged again at most once a minute while it lasts)"
+                    );
+                    (Instant::now(), 0)
+                }
+            };
+            now_failing.insert(path, (last, unlogged));
+        }
+        for path in self.failing.keys() {
+            tracing::info!(path = %path.display(), "file no longer unreadable (opened, or gone)");
+        }
+        self.failing = now_failing;
+        self.gauge
+            .store(self.failing.len() as u64, Ordering::Relaxed);
+    }
 }
 
 impl FileSource {
@@ -99,7 +186,14 @@ impl FileSource {
             _watcher: watcher,
             chunk: vec![0u8; CHUNK_BYTES],
             paused,
+            unreadable: Unreadable::default(),
         }
+    }
+
+    /// Publishes the number of matched files that cannot be opened to `gauge`.
+    pub fn report_unreadable_to(mut self, gauge: Arc<AtomicU64>) -> FileSource {
+        self.unreadable.gauge = gauge;
+        self
     }
 
     /// Runs until cancelled (or the writer is gone), then hands over the last batch.
@@ -144,6 +238,12 @@ impl FileSource {
     }
 
     /// Finds files matching the patterns; opens the ones not yet followed.
+    ///
+    /// A file is one tail whatever number of names it has (a symlink or hard link to it,
+    /// a directory loop under `**`): names are grouped by device + inode, a followed
+    /// file keeps its name while that name still matches, and each other name is logged
+    /// once. A matched name that cannot be opened is logged at most once a minute and
+    /// counted (`unreadable`), not retried noisily on every pass.
     fn scan(&mut self) {
         for t in &mut self.files {
             t.matched = false;
@@ -157,27 +257,47 @@ impl FileSource {
         }
         paths.sort();
         paths.dedup();
+        let mut names: BTreeMap<FileId, Vec<PathBuf>> = BTreeMap::new();
+        let mut failed: Vec<(PathBuf, std::io::Error)> = Vec::new();
         for path in paths {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            let id = FileId::of(&meta);
-            if let Some(t) = self.files.iter_mut().find(|t| t.id == id) {
-                t.matched = true;
-                if t.path != path {
-                    tracing::info!(from = %t.name, to = %path.display(), "file renamed");
-                    t.name = path.display().to_string();
-                    t.path = path;
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    names.entry(FileId::of(&meta)).or_default().push(path)
                 }
-                continue;
-            }
-            if let Err(e) = self.open(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open file");
+                Ok(_) => {}
+                // Gone since the glob, or a dangling symlink: nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => failed.push((path, e)),
             }
         }
+        for (id, names) in names {
+            let Some(k) = self.files.iter().position(|t| t.id == id) else {
+                // The first name (in sorted order) is the one followed.
+                match self.open(&names[0]) {
+                    Ok(()) => {
+                        let t = self.files.last_mut().expect("just opened");
+                        for alias in &names[1..] {
+                            t.note_alias(alias);
+                        }
+                    }
+                    Err(e) => failed.push((names[0].clone(), e)),
+                }
+                continue;
+            };
+            let t = &mut self.files[k];
+            t.matched = true;
+            if !names.contains(&t.path) {
+                tracing::info!(from = %t.name, to = %names[0].display(), "file renamed");
+                t.name = names[0].display().to_string();
+                t.path = names[0].clone();
+                t.aliases.remove(&t.path);
+            }
+            let followed = t.path.clone();
+            for alias in names.iter().filter(|n| **n != followed) {
+                t.note_alias(alias);
+            }
+        }
+        self.unreadable.pass(failed);
         self.first_scan = false;
     }
 
@@ -224,6 +344,8 @@ impl FileSource {
             matched: true,
             last_growth: Instant::now(),
             dirty: true,
+            stamp: None,
+            aliases: HashSet::new(),
         });
         Ok(())
     }
@@ -243,13 +365,20 @@ impl FileSource {
     fn read_file(&mut self, i: usize) -> Result<bool, WriterGone> {
         let max = self.cfg.max_line_bytes.0 as usize;
         let t = &mut self.files[i];
-        let size = match t.file.metadata() {
-            Ok(m) => m.len(),
+        let stamp = match t.file.metadata() {
+            Ok(m) => Stamp::of(&m),
             Err(e) => {
                 tracing::warn!(path = %t.name, error = %e, "cannot stat file");
                 return Ok(false);
             }
         };
+        // Unchanged since the last pass: nothing new to read, and the first bytes are
+        // the ones fingerprinted then. This keeps the idle pass at one `fstat`.
+        if t.stamp == Some(stamp) {
+            return Ok(false);
+        }
+        t.stamp = Some(stamp);
+        let size = stamp.size;
         let replaced = !t.fp.matches(&t.file).unwrap_or(true);
         if size < t.de.read_offset() || replaced {
             tracing::warn!(
@@ -258,6 +387,10 @@ impl FileSource {
                 offset = t.de.read_offset(),
                 "file truncated or its content replaced (copytruncate); reading it again from its start"
             );
+            // What was still incomplete went with the old content: quarantined, not lost.
+            let out = &mut self.out;
+            let name = &t.name;
+            t.de.finish_rotated(&mut |f| out.frame(f, name));
             t.de = Deframer::new(self.cfg.format, max, Resume::at(0));
             t.fp = Fingerprint::read(&t.file).unwrap_or(Fingerprint { len: 0, hash: 0 });
             t.dirty = true;
@@ -278,6 +411,7 @@ impl FileSource {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(path = %t.name, error = %e, "cannot read file");
+                    t.stamp = None;
                     break;
                 }
             };
@@ -291,6 +425,8 @@ impl FileSource {
                 self.flush()?;
             }
             if self.cancel.is_cancelled() || self.paused.load(Ordering::Relaxed) {
+                // Not at the end: the next pass must read on even if nothing changes.
+                self.files[i].stamp = None;
                 break;
             }
         }
@@ -306,8 +442,12 @@ impl FileSource {
             let gone = !t.matched || t.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
             let at_end = t.file.metadata().map(|m| m.len()).unwrap_or(0) <= t.de.read_offset();
             if gone && at_end && t.last_growth.elapsed() >= wait {
-                let t = self.files.remove(k);
+                let mut t = self.files.remove(k);
                 tracing::info!(path = %t.name, offset = t.de.read_offset(), "closed rotated file");
+                // It will not grow any more: what is incomplete now stays incomplete. It is
+                // quarantined in the same batch that forgets the file's checkpoint.
+                let out = &mut self.out;
+                t.de.finish_rotated(&mut |f| out.frame(f, &t.name));
                 let batch = self.out.batch_mut();
                 batch.checkpoints.push(CheckpointUpdate::Forget(t.id));
             } else {
@@ -338,14 +478,19 @@ fn watch_dirs(
     patterns: &[String],
     wake: impl Fn() + Send + 'static,
 ) -> Option<notify::RecommendedWatcher> {
-    let mut watcher =
-        match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| wake()) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "no file system events; polling only");
-                return None;
-            }
-        };
+    let on_event = move |res: notify::Result<notify::Event>| {
+        // An error may mean lost events (e.g. a queue overflow): look.
+        if res.as_ref().map_or(true, |ev| wakes_the_source(&ev.kind)) {
+            wake()
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(on_event) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "no file system events; polling only");
+            return None;
+        }
+    };
     for p in patterns {
         let dir = static_prefix_dir(p);
         if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
@@ -353,6 +498,24 @@ fn watch_dirs(
         }
     }
     Some(watcher)
+}
+
+/// Whether a file system event may mean new data, or a file created, renamed or removed:
+/// the events worth a pass. Opens, reads and read-only closes are not: the relay's own
+/// glob (opening and listing the directory) and reads cause them, so waking on them
+/// would make every pass schedule the next one and spin a core while idle. Metadata
+/// changes (other than access times) wake, since a `chmod` may make a file readable.
+/// Unknown kinds wake: a spare pass is cheap, a missed one delays data to the next poll.
+pub fn wakes_the_source(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    match kind {
+        // A writer closing its handle may follow its last write.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    }
 }
 
 /// The deepest directory of a pattern that has no glob characters in it.
@@ -376,8 +539,45 @@ fn static_prefix_dir(pattern: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::static_prefix_dir;
+    use super::{static_prefix_dir, wakes_the_source};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
+        RemoveKind, RenameMode,
+    };
     use std::path::PathBuf;
+
+    #[test]
+    fn only_changes_wake_the_source() {
+        // What the relay's own glob and reads cause (inotify on the directory).
+        for own in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ] {
+            assert!(!wakes_the_source(&own), "{own:?} must not wake");
+        }
+        for change in [
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Size)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Permissions)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Create(CreateKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Remove(RemoveKind::Any),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Other,
+            EventKind::Any,
+        ] {
+            assert!(wakes_the_source(&change), "{change:?} must wake");
+        }
+    }
 
     #[test]
     fn watch_dir_is_the_static_prefix() {
