@@ -3,7 +3,8 @@
 //! - `GET /healthz`: the process is alive (always 200 while it can answer).
 //! - `GET /readyz`: 200 when the spool is open and being written, the sources are
 //!   running, and the forwarder is not stuck (CloudWatch has not refused our
-//!   credentials or permissions for over a minute); otherwise 503 naming each reason.
+//!   credentials or permissions for over a minute, no stream is stopped by the
+//!   InvalidParameter breaker, every forwarder runs); otherwise 503 naming each reason.
 //! - `GET /metrics`: Prometheus text format. Totals come from the spool's own counters
 //!   (they survive restarts), so they match `audit-relay spool stats`.
 //!
@@ -71,6 +72,15 @@ impl Health {
             .any(|f| f.auth_failing_longer_than(AUTH_FAILURE_GRACE_MS))
         {
             r.push("CloudWatch has refused credentials or permissions for over a minute");
+        }
+        if forward
+            .iter()
+            .any(|f| f.stopped_since_ms.load(Ordering::Relaxed) != 0)
+        {
+            r.push("a CloudWatch stream refuses every event as invalid (cloudwatch.invalid_breaker_after): forwarding to it is stopped, events kept");
+        }
+        if forward.iter().any(|f| !f.running.load(Ordering::Relaxed)) {
+            r.push("a forwarder is not running (restarting after it died)");
         }
         r
     }
@@ -274,8 +284,32 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
             &mut o,
             "audit_relay_forward_failures_total",
             "counter",
-            "Failed CloudWatch calls (each is retried), by error kind.",
+            "Failed CloudWatch calls and spool reads of the forwarder (each is retried), by error kind.",
             &failures,
+        );
+        let sum = |f: fn(&ForwardHealth) -> u64| forward.iter().map(|h| f(h)).sum::<u64>() as f64;
+        metric(
+            &mut o,
+            "audit_relay_forward_streams_stopped",
+            "gauge",
+            "Streams stopped by the InvalidParameter breaker (events kept, probed until accepted).",
+            &one(sum(|h| {
+                (h.stopped_since_ms.load(Ordering::Relaxed) != 0) as u64
+            })),
+        );
+        metric(
+            &mut o,
+            "audit_relay_forward_breaker_trips_total",
+            "counter",
+            "Times the InvalidParameter breaker stopped a stream.",
+            &one(sum(|h| h.breaker_trips.load(Ordering::Relaxed))),
+        );
+        metric(
+            &mut o,
+            "audit_relay_forward_restarts_total",
+            "counter",
+            "Times a forwarder that died (panic or error) was restarted.",
+            &one(sum(|h| h.restarts.load(Ordering::Relaxed))),
         );
     }
     metric(

@@ -127,6 +127,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     r
 }
 
+/// Runs the forwarder of stream `shard` (`first`, already built) under supervision: if
+/// it dies it is built again and restarted (see [`forward::supervise`]).
+async fn supervised(
+    cw: crate::config::CloudWatchConfig,
+    shard: u32,
+    dir: std::path::PathBuf,
+    inbox: ProgressInbox,
+    cancel: CancellationToken,
+    health: Arc<ForwardHealth>,
+    first: forward::forwarder::Forwarder,
+) {
+    let mut first = Some(first);
+    let what = forward::cursor_names(Some(&cw))[shard as usize].clone();
+    let delays = forward::supervise::RestartDelays {
+        max: cw.backoff_max.0,
+        ..Default::default()
+    };
+    forward::supervise::supervise(what, health.clone(), cancel.clone(), delays, || {
+        let first = first.take();
+        let (cw, dir, inbox, cancel, health) = (
+            cw.clone(),
+            dir.clone(),
+            inbox.clone(),
+            cancel.clone(),
+            health.clone(),
+        );
+        async move {
+            let f = match first {
+                Some(f) => f,
+                None => forward::build(&cw, shard, &dir, inbox, cancel, health)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?,
+            };
+            Ok(f.run())
+        }
+    })
+    .await
+}
+
 /// At shutdown, how long the forwarders may go on sending (the last checkpoint, and what
 /// little is left when they are caught up) before they are stopped.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
@@ -250,9 +289,17 @@ async fn run_pipeline(
             .await;
             match built {
                 Ok(all) => {
-                    for (f, h) in all {
-                        fwd_health.push(h);
-                        forwarders.push(tokio::spawn(f.run()));
+                    for (shard, (f, h)) in all.into_iter().enumerate() {
+                        fwd_health.push(h.clone());
+                        forwarders.push(tokio::spawn(supervised(
+                            cw.clone(),
+                            shard as u32,
+                            config.spool.dir.clone(),
+                            progress.clone(),
+                            forward_cancel.clone(),
+                            h,
+                            f,
+                        )));
                     }
                 }
                 Err(e) => {

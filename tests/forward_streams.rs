@@ -7,6 +7,7 @@ use common::moto::{
     assert_checkpoints_forwarded, configure, event_ids, forward_state, now_ms, spool_checkpoints,
     spool_order, start_relay, Moto, HOSTNAME,
 };
+use common::proxy::{Faults, Mode, Proxy};
 use common::{append_to, write_lines, Harness, BIN};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -205,4 +206,86 @@ fn replay_sends_a_time_range_again_without_moving_the_cursor() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--from"));
+}
+
+/// Renames a spool table behind the running relay's back (a real SQLite failure for
+/// every reader that needs it).
+fn rename_table(h: &Harness, from: &str, to: &str) {
+    let c = rusqlite::Connection::open(h.db_path()).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch(&format!("ALTER TABLE {from} RENAME TO {to}"))
+        .unwrap();
+}
+
+#[test]
+fn a_failed_stream_lookup_is_retried_and_never_skips_or_misroutes_events() {
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.addr, Faults::default(), 11);
+    let h = Harness::new();
+    configure(&h, &proxy.endpoint(), GROUP, &["streams = 2"]);
+    // CloudWatch unreachable first, so that the events wait in the spool.
+    proxy.set_mode(Mode::Down);
+    let mut relay = start_relay(&h);
+    let written = write_events(&h, &mut Gen::new(23), 1000);
+    h.wait_events(&mut relay, 1000);
+    // Finding an organization's stream now fails: its id cannot be read.
+    rename_table(&h, "orgs", "orgs_away");
+    proxy.set_mode(Mode::Normal);
+    let log = relay.log_path();
+    h.wait_until(
+        Some(&mut relay),
+        "the failed lookup to be logged and retried",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("spool_read")
+                .count()
+                >= 4
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let first_event = spool_order(&h)[0].0;
+    let c = h.db().unwrap();
+    let cursors: Vec<(String, i64)> = c
+        .prepare("SELECT name, seq FROM cursors")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        cursors.iter().all(|(_, seq)| *seq < first_event),
+        "a cursor moved over events whose stream is unknown: {cursors:?}"
+    );
+    for k in 0..2 {
+        let sent = moto.events(GROUP, &format!("{HOSTNAME}-{k}"));
+        assert!(
+            event_ids(&sent).is_empty(),
+            "stream {k} got events while their stream was unknown"
+        );
+    }
+
+    // The lookup recovers: every event arrives, in its organization's stream.
+    rename_table(&h, "orgs_away", "orgs");
+    let cursor = wait_all_forwarded(&h, &mut relay, 1000);
+    relay.terminate();
+    assert!(cursor > 0);
+    let mut seen = HashSet::new();
+    for k in 0..2u32 {
+        for e in moto.events(GROUP, &format!("{HOSTNAME}-{k}")) {
+            if e.is_checkpoint() {
+                continue;
+            }
+            let org = e.json()["organizationId"].as_str().unwrap().to_string();
+            assert_eq!(
+                audit_relay::forward::shard_of(&org, 2),
+                k,
+                "organization {org} in the wrong stream"
+            );
+            assert!(seen.insert(e.id()), "id {} sent twice", e.id());
+        }
+    }
+    let written: HashSet<String> = written.into_iter().collect();
+    assert_eq!(seen, written, "every event in its stream, none skipped");
 }

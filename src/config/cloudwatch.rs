@@ -85,6 +85,20 @@ pub struct CloudWatchConfig {
     /// Wait before retrying after a credentials or permission error. Default `"60s"`.
     #[serde(default = "default_auth_retry")]
     pub auth_retry_interval: HumanDuration,
+    /// The InvalidParameter breaker: when bisection reaches this many single events in a
+    /// row that CloudWatch refuses the same way, the problem is the stream's, not the
+    /// events': forwarding to that stream stops (nothing more is marked rejected, the
+    /// cursor stays), `/readyz` fails, and one event is sent as a probe every
+    /// `invalid_probe_interval` until one is accepted. 2 to 1000; default 5.
+    #[serde(default = "default_invalid_breaker")]
+    pub invalid_breaker_after: u32,
+    /// How often a stopped stream (see `invalid_breaker_after`) is probed. Default `"60s"`.
+    #[serde(default = "default_auth_retry")]
+    pub invalid_probe_interval: HumanDuration,
+}
+
+fn default_invalid_breaker() -> u32 {
+    5
 }
 
 fn yes() -> bool {
@@ -259,6 +273,15 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
             format!("must be between 10ms and 60s, got {}", c.max_batch_wait),
         );
     }
+    if !(2..=1000).contains(&c.invalid_breaker_after) {
+        bad(
+            "invalid_breaker_after",
+            format!(
+                "must be between 2 and 1000, got {}",
+                c.invalid_breaker_after
+            ),
+        );
+    }
     if !(1024..=1 << 20).contains(&c.max_event_bytes.0) {
         bad(
             "max_event_bytes",
@@ -273,6 +296,7 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
         ("request_timeout", c.request_timeout),
         ("backoff_max", c.backoff_max),
         ("auth_retry_interval", c.auth_retry_interval),
+        ("invalid_probe_interval", c.invalid_probe_interval),
     ] {
         if !(100..=3_600_000).contains(&ms(d)) {
             bad(key, format!("must be between 100ms and 1h, got {d}"));

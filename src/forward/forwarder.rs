@@ -7,7 +7,8 @@
 //! forwarding failed. On shutdown a call in flight is let finish; a call waiting to be
 //! retried is abandoned and sent again after the restart.
 
-use super::batch::{BatchBuilder, Limits, OutEvent, RejectReason};
+use super::batch::{BatchBuilder, Limits, OutEvent};
+use super::breaker::InvalidBreaker;
 use super::cloudwatch::CloudWatch;
 use super::message::MessageFormat;
 use super::retry::{classify, ErrorKind, Failure, RetryAction};
@@ -37,6 +38,10 @@ pub struct ForwarderOptions {
     pub max_batch_wait: Duration,
     pub backoff_max: Duration,
     pub auth_retry_interval: Duration,
+    /// `cloudwatch.invalid_breaker_after`.
+    pub invalid_breaker_after: u32,
+    /// `cloudwatch.invalid_probe_interval`.
+    pub invalid_probe_interval: Duration,
 }
 
 /// What the forwarder shares with health checks and metrics (plain atomics: the
@@ -52,6 +57,15 @@ pub struct ForwardHealth {
     pub calls: AtomicU64,
     /// Failed calls, by [`ErrorKind`] (index = `ErrorKind as usize`).
     pub failures: [AtomicU64; ErrorKind::COUNT],
+    /// Unix ms since when the InvalidParameter breaker has stopped this stream; 0 when
+    /// it has not.
+    pub stopped_since_ms: AtomicI64,
+    /// Times the InvalidParameter breaker stopped this stream.
+    pub breaker_trips: AtomicU64,
+    /// The forwarder task is running (set by its supervisor).
+    pub running: std::sync::atomic::AtomicBool,
+    /// Times the supervisor restarted the forwarder after it died.
+    pub restarts: AtomicU64,
 }
 
 impl ForwardHealth {
@@ -63,29 +77,53 @@ impl ForwardHealth {
 }
 
 /// Shutdown interrupted a retry wait.
-struct Cancelled;
+pub(super) struct Cancelled;
+
+/// Why delivering a batch stopped before every event was settled.
+pub(super) enum Halt {
+    Cancelled,
+    /// The InvalidParameter breaker tripped: the stream refuses everything.
+    Tripped,
+}
+
+impl From<Cancelled> for Halt {
+    fn from(_: Cancelled) -> Self {
+        Halt::Cancelled
+    }
+}
+
+/// How far a batch got: its first `done` events (in time order) are accepted or
+/// rejected, `rejected` lists the rejected ones.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    pub(super) done: usize,
+    pub(super) rejected: Vec<Rejection>,
+}
 
 pub struct Forwarder {
-    cw: CloudWatch,
+    pub(super) cw: CloudWatch,
     spool: Arc<Mutex<Spool>>,
-    inbox: ProgressInbox,
+    pub(super) inbox: ProgressInbox,
     format: MessageFormat,
-    opts: ForwarderOptions,
-    cancel: CancellationToken,
-    health: Arc<ForwardHealth>,
+    pub(super) opts: ForwarderOptions,
+    pub(super) cancel: CancellationToken,
+    pub(super) health: Arc<ForwardHealth>,
     last_auth_error_log: Option<Instant>,
-    /// Organization key → belongs to this shard.
+    pub(super) breaker: InvalidBreaker,
+    /// How the stream refused the last call, while the breaker holds it stopped.
+    pub(super) last_refusal: Option<Failure>,
+    /// Organization key → belongs to this shard (successful lookups only).
     shard_of: std::collections::HashMap<i64, bool>,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Runs one CloudWatch call. On shutdown the call in flight may finish within a bound,
 /// so that its progress is committed; past it, it is abandoned (and sent again at the
 /// next start).
-async fn finish_unless_cancelled<T>(
+pub(super) async fn finish_unless_cancelled<T>(
     cancel: &CancellationToken,
     call: impl std::future::Future<Output = T>,
 ) -> Result<T, Cancelled> {
@@ -115,6 +153,7 @@ impl Forwarder {
         cancel: CancellationToken,
         health: Arc<ForwardHealth>,
     ) -> Self {
+        let breaker = InvalidBreaker::new(opts.invalid_breaker_after);
         Forwarder {
             cw,
             spool: Arc::new(Mutex::new(spool)),
@@ -124,6 +163,8 @@ impl Forwarder {
             cancel,
             health,
             last_auth_error_log: None,
+            breaker,
+            last_refusal: None,
             shard_of: std::collections::HashMap::new(),
         }
     }
@@ -151,7 +192,7 @@ impl Forwarder {
     }
 
     /// Sleeps unless shutdown comes first.
-    async fn pause(&self, d: Duration) -> Result<(), Cancelled> {
+    pub(super) async fn pause(&self, d: Duration) -> Result<(), Cancelled> {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = self.cancel.cancelled() => Err(Cancelled),
@@ -160,9 +201,9 @@ impl Forwarder {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
-        let cursor = {
-            let s = self.spool.lock().expect("spool reader");
-            s.initial_cursor(&self.opts.cursor_name).unwrap_or(0)
+        let Ok(cursor) = self.load_cursor().await else {
+            tracing::info!("forwarder stopped before it started");
+            return;
         };
         tracing::info!(
             group = %self.cw.group(),
@@ -203,8 +244,18 @@ impl Forwarder {
             let last_row_seq = read_pos;
             for row in rows {
                 // Forwarding-ledger rows are the spool's own record of rejections: not sent.
-                if row.is_ledger() || !self.is_mine(row.org).await {
+                if row.is_ledger() {
                     continue;
+                }
+                match self.is_mine(row.org).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(Cancelled) => {
+                        tracing::info!(
+                            "forwarder stopped; the events read are sent at the next start"
+                        );
+                        return;
+                    }
                 }
                 let (message, truncated) = self.format.render(&row.body, row.ts_ms);
                 if truncated {
@@ -282,8 +333,13 @@ impl Forwarder {
             after = last.seq;
             for row in rows {
                 // Forwarding-ledger rows are the spool's own record of rejections: not sent.
-                if row.is_ledger() || !self.is_mine(row.org).await {
+                if row.is_ledger() {
                     continue;
+                }
+                match self.is_mine(row.org).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(Cancelled) => return self.replay_totals(),
                 }
                 let (message, _) = self.format.render(&row.body, row.ts_ms);
                 let ev = OutEvent {
@@ -315,27 +371,81 @@ impl Forwarder {
         )
     }
 
-    /// Whether events of this organization key belong to this forwarder's shard.
-    async fn is_mine(&mut self, org: i64) -> bool {
+    /// Where this forwarder starts. A failed read is retried (never taken as 0, which
+    /// would send the whole spool again).
+    async fn load_cursor(&mut self) -> Result<i64, Cancelled> {
+        let mut backoff = self.backoff();
+        loop {
+            let spool = self.spool.clone();
+            let name = self.opts.cursor_name.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                spool.lock().expect("spool reader").initial_cursor(&name)
+            })
+            .await;
+            let f = match r {
+                Ok(Ok(cursor)) => return Ok(cursor),
+                Ok(Err(e)) => Failure::SpoolRead(format!("reading the forwarding cursor: {e}")),
+                Err(e) => Failure::SpoolRead(format!("the spool reader panicked: {e}")),
+            };
+            self.retry_after(&f, &mut backoff).await?;
+        }
+    }
+
+    /// Counts a failure, logs it with its reason and waits as its classification says.
+    async fn retry_after(
+        &mut self,
+        f: &Failure,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<(), Cancelled> {
+        let (kind, action) = classify(f);
+        self.health.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let d = self.delay_for(kind, action, backoff, f);
+        self.pause(d).await
+    }
+
+    /// Whether events of this organization key belong to this forwarder's shard. A
+    /// failed lookup is retried until it succeeds (or shutdown): guessing would send an
+    /// organization's events to the wrong stream and step this one over them.
+    async fn is_mine(&mut self, org: i64) -> Result<bool, Cancelled> {
         // Checkpoints go to every stream: each stream can be verified on its own.
         if self.opts.shards <= 1 || org == crate::integrity::CHECKPOINT_ORG {
-            return true;
+            return Ok(true);
         }
         if let Some(m) = self.shard_of.get(&org) {
-            return *m;
+            return Ok(*m);
         }
+        let mut backoff = self.backoff();
+        loop {
+            match self.organization_id(org).await {
+                Ok(id) => {
+                    let mine = super::shard_of(&id, self.opts.shards) == self.opts.shard;
+                    self.shard_of.insert(org, mine);
+                    return Ok(mine);
+                }
+                Err(f) => self.retry_after(&f, &mut backoff).await?,
+            }
+        }
+    }
+
+    /// The organization id of a key, from the spool.
+    async fn organization_id(&self, org: i64) -> Result<String, Failure> {
         let spool = self.spool.clone();
-        let id = tokio::task::spawn_blocking(move || {
+        let r = tokio::task::spawn_blocking(move || {
             spool.lock().expect("spool reader").organization_id(org)
         })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten()
-        .unwrap_or_default();
-        let mine = super::shard_of(&id, self.opts.shards) == self.opts.shard;
-        self.shard_of.insert(org, mine);
-        mine
+        .await;
+        match r {
+            Ok(Ok(Some(id))) => Ok(id),
+            Ok(Ok(None)) => Err(Failure::SpoolRead(format!(
+                "organization key {org} is not in the spool's orgs table"
+            ))),
+            Ok(Err(e)) => Err(Failure::SpoolRead(format!(
+                "looking up the organization of key {org}: {e}"
+            ))),
+            Err(e) => Err(Failure::SpoolRead(format!(
+                "the spool reader panicked: {e}"
+            ))),
+        }
     }
 
     /// Moves the cursor past events that belong to other shards.
@@ -381,7 +491,15 @@ impl Forwarder {
             }
             for row in rows {
                 examined += 1;
-                if !row.is_ledger() && self.is_mine(row.org).await {
+                let mine = if row.is_ledger() {
+                    false
+                } else {
+                    let Ok(mine) = self.is_mine(row.org).await else {
+                        break 'rows;
+                    };
+                    mine
+                };
+                if mine {
                     let (message, _) = self.format.render(&row.body, row.ts_ms);
                     if !sent.contains(&(row.ts_ms, message.as_str())) {
                         break 'rows;
@@ -414,7 +532,7 @@ impl Forwarder {
         }
     }
 
-    async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
+    pub(super) async fn ensure_destination(&mut self) -> Result<(), Cancelled> {
         let mut backoff = self.backoff();
         loop {
             let cw = self.cw.clone();
@@ -436,7 +554,7 @@ impl Forwarder {
         }
     }
 
-    fn backoff(&self) -> backon::ExponentialBackoff {
+    pub(super) fn backoff(&self) -> backon::ExponentialBackoff {
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(self.opts.backoff_max)
@@ -445,7 +563,7 @@ impl Forwarder {
     }
 
     /// Logs a failure and picks the wait before the next try.
-    fn delay_for(
+    pub(super) fn delay_for(
         &mut self,
         kind: ErrorKind,
         action: RetryAction,
@@ -470,114 +588,11 @@ impl Forwarder {
             return self.opts.auth_retry_interval;
         }
         let d = full_jitter(backoff.next().unwrap_or(self.opts.backoff_max));
-        tracing::warn!(kind = %kind, error = ?f, retry_in = ?d, "CloudWatch call failed; retrying");
+        if kind == ErrorKind::SpoolRead {
+            tracing::warn!(kind = %kind, error = ?f, retry_in = ?d, "cannot read the spool; nothing is sent or skipped until it can, retrying");
+        } else {
+            tracing::warn!(kind = %kind, error = ?f, retry_in = ?d, "CloudWatch call failed; retrying");
+        }
         d
-    }
-
-    /// Sends one batch (or records its rejections) and reports progress.
-    async fn send(&mut self, batch: super::batch::Batch) -> Result<(), Cancelled> {
-        let mut rejected: Vec<Rejection> = batch
-            .rejected
-            .iter()
-            .map(|(seq, why)| Rejection {
-                seq: *seq,
-                reason: why.as_str().to_string(),
-                detail: match why {
-                    RejectReason::TooOld => {
-                        "older than CloudWatch accepts (14 days or the group's retention)".into()
-                    }
-                    RejectReason::TooNew => "more than 2 hours in the future".into(),
-                    _ => String::new(),
-                },
-            })
-            .collect();
-        let mut forwarded = 0;
-        if !batch.events.is_empty() {
-            let refused = self.deliver(&batch.events).await?;
-            forwarded = (batch.events.len() - refused.len()) as u64;
-            rejected.extend(refused);
-        }
-        if !rejected.is_empty() {
-            tracing::warn!(
-                count = rejected.len(),
-                first_seq = rejected[0].seq,
-                reason = %rejected[0].reason,
-                "events rejected: kept in the spool, not in CloudWatch (see `spool stats`)"
-            );
-        }
-        tracing::debug!(
-            events = batch.events.len(),
-            bytes = batch.bytes,
-            last_seq = batch.last_seq,
-            "batch forwarded"
-        );
-        self.health.cursor.store(batch.last_seq, Ordering::Release);
-        self.inbox.push(ForwardProgress {
-            cursor_name: self.opts.cursor_name.clone(),
-            cursor: batch.last_seq,
-            forwarded,
-            rejected,
-        });
-        Ok(())
-    }
-
-    /// Puts `events` until CloudWatch accepts them; returns the ones it refused.
-    async fn deliver(&mut self, events: &[OutEvent]) -> Result<Vec<Rejection>, Cancelled> {
-        let mut backoff = self.backoff();
-        loop {
-            let cw = self.cw.clone();
-            let result = finish_unless_cancelled(&self.cancel, cw.put(events)).await?;
-            self.health.calls.fetch_add(1, Ordering::Relaxed);
-            if let Err(f) = &result {
-                self.health.failures[classify(f).0 as usize].fetch_add(1, Ordering::Relaxed);
-            }
-            match result {
-                Ok(outcome) => {
-                    self.health
-                        .auth_failing_since_ms
-                        .store(0, Ordering::Relaxed);
-                    return Ok(outcome
-                        .rejected
-                        .into_iter()
-                        .map(|(i, why)| Rejection {
-                            seq: events[i].seq,
-                            reason: why.as_str().to_string(),
-                            detail: "refused by CloudWatch (rejectedLogEventsInfo)".into(),
-                        })
-                        .collect());
-                }
-                Err(f) => {
-                    let (kind, action) = classify(&f);
-                    match action {
-                        RetryAction::Recreate => {
-                            tracing::warn!(group = %self.cw.group(), stream = %self.cw.stream(), "log group or stream is gone; creating it again");
-                            self.ensure_destination().await?;
-                        }
-                        RetryAction::Bisect if events.len() == 1 => {
-                            let detail = match &f {
-                                Failure::Service { message, .. } => message.clone(),
-                                other => format!("{other:?}"),
-                            };
-                            return Ok(vec![Rejection {
-                                seq: events[0].seq,
-                                reason: RejectReason::Invalid.as_str().to_string(),
-                                detail,
-                            }]);
-                        }
-                        RetryAction::Bisect => {
-                            tracing::warn!(events = events.len(), error = ?f, "CloudWatch refused a call as invalid; splitting it to find the event");
-                            let (a, b) = events.split_at(events.len() / 2);
-                            let mut r = Box::pin(self.deliver(a)).await?;
-                            r.extend(Box::pin(self.deliver(b)).await?);
-                            return Ok(r);
-                        }
-                        RetryAction::Backoff | RetryAction::LongDelay => {
-                            let d = self.delay_for(kind, action, &mut backoff, &f);
-                            self.pause(d).await?;
-                        }
-                    }
-                }
-            }
-        }
     }
 }

@@ -2,15 +2,21 @@
 //!
 //! - [`batch`]: building PutLogEvents calls under CloudWatch's rules (pure).
 //! - [`retry`]: classifying failures into retry actions (pure).
+//! - [`breaker`]: telling one invalid event from a stream that refuses all (pure).
 //! - [`message`]: the message CloudWatch gets for an event (pure).
 //! - [`cloudwatch`]: the AWS SDK client (I/O).
-//! - [`forwarder`]: the loop from the spool cursor to PutLogEvents.
+//! - [`supervise`]: restarting a forwarder that died.
+//! - [`forwarder`]: the loop from the spool cursor to PutLogEvents; `deliver`: one
+//!   batch's calls, bisection and the breaker.
 
 pub mod batch;
+pub mod breaker;
 pub mod cloudwatch;
+mod deliver;
 pub mod forwarder;
 pub mod message;
 pub mod retry;
+pub mod supervise;
 
 use crate::config::cloudwatch::{expand_stream, StreamVars};
 use crate::config::CloudWatchConfig;
@@ -110,6 +116,8 @@ pub async fn build(
         max_batch_wait: cfg.max_batch_wait.0,
         backoff_max: cfg.backoff_max.0,
         auth_retry_interval: cfg.auth_retry_interval.0,
+        invalid_breaker_after: cfg.invalid_breaker_after,
+        invalid_probe_interval: cfg.invalid_probe_interval.0,
     };
     Ok(Forwarder::new(
         cw, spool, inbox, format, opts, cancel, health,

@@ -24,6 +24,9 @@ pub enum Failure {
     NoCredentials(String),
     /// Anything else the client reported.
     Other(String),
+    /// The forwarder could not read what it needs from the spool (its cursor, an
+    /// organization's id for its stream): nothing is sent or skipped until it can.
+    SpoolRead(String),
 }
 
 /// The kind of error, as counted in metrics and named in logs.
@@ -38,10 +41,11 @@ pub enum ErrorKind {
     Credentials,
     Permission,
     Unknown,
+    SpoolRead,
 }
 
 impl ErrorKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
         ErrorKind::Throttling,
         ErrorKind::ServerError,
@@ -52,6 +56,7 @@ impl ErrorKind {
         ErrorKind::Credentials,
         ErrorKind::Permission,
         ErrorKind::Unknown,
+        ErrorKind::SpoolRead,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -65,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Credentials => "credentials",
             ErrorKind::Permission => "permission",
             ErrorKind::Unknown => "unknown",
+            ErrorKind::SpoolRead => "spool_read",
         }
     }
 }
@@ -98,6 +104,7 @@ pub fn classify(f: &Failure) -> (ErrorKind, RetryAction) {
         Failure::Connection(_) => (K::Connection, A::Backoff),
         Failure::NoCredentials(_) => (K::Credentials, A::LongDelay),
         Failure::Other(_) => (K::Unknown, A::Backoff),
+        Failure::SpoolRead(_) => (K::SpoolRead, A::Backoff),
         Failure::Service { code, status, .. } => {
             match code.as_deref() {
                 Some(
@@ -218,6 +225,11 @@ mod tests {
             ),
             (svc(Some("SomethingNew"), Some(400)), K::Unknown, A::Backoff),
             (Failure::Other("?".into()), K::Unknown, A::Backoff),
+            (
+                Failure::SpoolRead("no such table: orgs".into()),
+                K::SpoolRead,
+                A::Backoff,
+            ),
         ];
         for (f, kind, action) in table {
             assert_eq!(classify(&f), (kind, action), "{f:?}");
