@@ -204,17 +204,24 @@ impl FileSource {
                 self.wait();
                 continue;
             }
-            self.scan();
-            let progressed = self.read_all()?;
-            self.retire();
-            self.flush()?;
-            if !progressed {
+            if !self.pass()? {
                 self.wait();
             }
         }
         self.flush()?;
         tracing::info!(files = self.files.len(), "file source stopped");
         Ok(())
+    }
+
+    /// One pass: finds files, reads every open one to its end, closes rotated files that
+    /// stayed quiet, and hands over the batch. Returns whether anything was read.
+    /// [`FileSource::run`] repeats it; tests drive it directly.
+    pub fn pass(&mut self) -> Result<bool, WriterGone> {
+        self.scan();
+        let progressed = self.read_all()?;
+        self.retire();
+        self.flush()?;
+        Ok(progressed)
     }
 
     fn wait(&self) {
