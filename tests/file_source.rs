@@ -198,3 +198,28 @@ fn an_unreadable_file_is_logged_once_a_minute_counted_and_fails_readiness() {
     let all: HashSet<String> = ids_a.into_iter().chain(ids_s).collect();
     assert_exactly_once(&h, &all);
 }
+
+/// A directory loop under `**` (a symlink to a parent directory) gives a file a name at
+/// every level the glob walks: it is still read once, and the log stays bounded.
+#[test]
+fn a_directory_loop_under_double_star_is_read_once_with_a_bounded_log() {
+    let h = Harness::new();
+    let sub = h.logs.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::os::unix::fs::symlink("..", sub.join("loop")).unwrap();
+    let pattern = format!("paths = [{:?}]", h.log("**/*.log").display().to_string());
+    h.write_config(&h.config_text(&[&pattern], &[]));
+    let mut g = Gen::new(0x100B);
+    let (ids, lines) = server_lines(&mut g, 0, 50);
+    write_lines(&mut common::append_to(&sub.join("a.log")), &lines);
+
+    let mut relay = h.start();
+    h.wait_events(&mut relay, 50);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = relay.log();
+    relay.terminate();
+    assert_exactly_once(&h, &ids.into_iter().collect());
+    assert_eq!(lines_with(&log, "file renamed"), 0, "{log}");
+    assert!(lines_with(&log, "another name") <= 16, "{log}");
+    assert!(log.lines().count() < 40, "a bounded log:\n{log}");
+}

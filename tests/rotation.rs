@@ -214,3 +214,62 @@ fn files_replaced_while_stopped_are_read_from_their_start() {
     );
     assert_eq!(h.stat("duplicates"), 0);
 }
+
+/// A rotated-away file whose writer stopped mid-record (a CRI stderr record with only its
+/// `P` piece, a last stdout line without its newline): when the relay closes it, both are
+/// quarantined as `truncated_by_rotation`, once, instead of vanishing; the records before
+/// them and the new file's are stored.
+#[test]
+fn what_rotation_cuts_off_is_quarantined_as_truncated_by_rotation() {
+    let h = Harness::with(&["format = \"cri\""], &[]);
+    let path = h.log("a.log");
+    let mut g = Gen::new(0xC07);
+    let cri = |stream: &str, tag: &str, text: &str| {
+        format!("2024-06-24T13:29:36.1Z {stream} {tag} {text}")
+    };
+    let (mut ids, lines) = server_lines(&mut g, 0, 20);
+    let mut text: String = lines.iter().map(|l| cri("stdout", "F", l) + "\n").collect();
+    let partial_at = text.len() as u64;
+    let (_, cut) = server_lines(&mut g, 100, 2);
+    text += &(cri("stderr", "P", &cut[0][..200]) + "\n");
+    let (more, lines) = server_lines(&mut g, 200, 5);
+    ids.extend(more);
+    text += &lines
+        .iter()
+        .map(|l| cri("stdout", "F", l) + "\n")
+        .collect::<String>();
+    let unterminated_at = text.len() as u64;
+    // The final piece of a stdout record, without its newline.
+    text += &cri("stdout", "F", &cut[1]);
+    std::fs::write(&path, &text).unwrap();
+
+    let mut relay = h.start();
+    h.wait_events(&mut relay, 25);
+    std::fs::rename(&path, h.log("a.log.1")).unwrap();
+    let (more, lines) = server_lines(&mut g, 300, 10);
+    ids.extend(more);
+    let text: String = lines.iter().map(|l| cri("stdout", "F", l) + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    h.wait_events(&mut relay, 35);
+    h.wait_quarantined(&mut relay, 2);
+    // Past rotate_wait once more: nothing is reported twice.
+    std::thread::sleep(Duration::from_millis(800));
+    relay.terminate();
+
+    let ids: HashSet<String> = ids.into_iter().collect();
+    assert_exactly_once(&h, &ids);
+    let mut rows = h.quarantine_rows();
+    rows.sort_by_key(|r| r.offset);
+    let got: Vec<(bool, u64)> = rows
+        .iter()
+        .map(|r| (r.reason.starts_with("truncated_by_rotation"), r.offset))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(true, partial_at), (true, unterminated_at)],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0].raw, cut[0].as_bytes()[..200].to_vec());
+    assert!(cut[1].len() < 4096);
+    assert_eq!(rows[1].raw, cut[1].as_bytes().to_vec());
+}

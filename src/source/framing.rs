@@ -21,6 +21,8 @@ use std::borrow::Cow;
 /// The quarantine reason of what a rotation (or truncation) cut off: an unterminated
 /// last line, or a record without its final piece.
 pub const TRUNCATED_BY_ROTATION: &str = "truncated_by_rotation";
+/// How many bytes of what a rotation cut off are kept for quarantine.
+const TRUNCATED_RAW_BYTES: usize = 4 * OVERSIZE_HEAD_BYTES;
 /// How many bytes of an oversize record are kept for quarantine.
 pub const OVERSIZE_HEAD_BYTES: usize = 1024;
 /// Room a `cri`/`docker` physical line may take beyond the record limit (prefix,
@@ -219,7 +221,7 @@ impl Deframer {
                     reason: format!(
                         "{TRUNCATED_BY_ROTATION}: the last line has no newline; the file was rotated away or truncated before it was finished"
                     ),
-                    raw: &line[..line.len().min(OVERSIZE_HEAD_BYTES)],
+                    raw: &line[..line.len().min(TRUNCATED_RAW_BYTES)],
                     offset: start,
                 }),
             }
@@ -231,7 +233,7 @@ impl Deframer {
                     reason: format!(
                         "{TRUNCATED_BY_ROTATION}: the record's final piece never came; the file was rotated away or truncated before it"
                     ),
-                    raw: &p.text[..p.text.len().min(OVERSIZE_HEAD_BYTES)],
+                    raw: &p.text[..p.text.len().min(TRUNCATED_RAW_BYTES)],
                     offset: start,
                 });
             }

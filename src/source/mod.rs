@@ -4,12 +4,14 @@
 //! - [`framing`]: bytes → records (pure state machine per file).
 //! - [`checkpoint`]: file identity and resume points.
 //! - [`tail`]: follows files by glob, across rotation and restarts.
+//! - [`watch`]: which file system events wake the file source.
 //! - [`stdin`]: reads standard input.
 
 pub mod checkpoint;
 pub mod framing;
 pub mod stdin;
 pub mod tail;
+pub mod watch;
 
 use crate::config::Envelope;
 use crate::event::{decode, Decoded, Invalid};
