@@ -53,11 +53,13 @@
 //! The rest of the program reaches SQLite only through [`Spool`] and [`SpoolWriter`].
 
 mod chain;
+mod ledger;
 mod lock;
 mod sqlite;
 mod writer;
 
-pub use chain::{ChainMeta, ChainRow, LedgerEntry, PurgeRecord, PurgeStep, LEDGER_ACTION};
+pub use chain::{ChainMeta, ChainRow, PurgeRecord, PurgeStep};
+pub use ledger::{LedgerEntry, LEDGER_ACTION};
 pub use lock::{LockError, SpoolLock, LOCK_FILE};
 pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
 pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
@@ -131,7 +133,7 @@ impl StoredEvent {
     /// bookkeeping, which forwarders step over instead of sending.
     pub fn is_ledger(&self) -> bool {
         self.org == crate::integrity::CHECKPOINT_ORG
-            && self.body.starts_with(chain::LEDGER_BODY_PREFIX)
+            && self.body.starts_with(ledger::LEDGER_BODY_PREFIX)
     }
 }
 

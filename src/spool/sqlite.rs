@@ -481,7 +481,7 @@ impl Spool {
         drop(ins);
         // Each rejection is also a row of the chain: verify --cloudwatch trusts only those.
         for r in &new_rejections {
-            let entry = super::chain::LedgerEntry {
+            let entry = super::ledger::LedgerEntry {
                 kind: "rejection".into(),
                 seq: r.seq,
                 cursor: p.cursor_name.clone(),

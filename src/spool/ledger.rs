@@ -1,0 +1,209 @@
+//! The forwarding ledger: every rejection (an event CloudWatch will not take) recorded as
+//! a row of the chain itself, so that an event missing from CloudWatch cannot be excused
+//! afterwards by a row in the `rejected` table (which is not chained).
+//!
+//! A ledger row has `org` 0 (like a checkpoint), `action` `rejected`, and a
+//! [`LedgerEntry`] as its body; the partial index `events_ledger` finds it by the
+//! rejected event's sequence number. Forwarders step over ledger rows (they are not sent).
+
+use super::sqlite::{now_ms, Spool, SpoolError};
+use crate::integrity::{chain_hash, Canonical, CHECKPOINT_ORG};
+use rusqlite::{params, OptionalExtension};
+
+/// `action` of a forwarding-ledger row.
+pub const LEDGER_ACTION: &str = "rejected";
+/// How every forwarding-ledger body starts (the forwarder tells them from checkpoints by it).
+pub const LEDGER_BODY_PREFIX: &str = r#"{"type":"rejection","#;
+
+/// The body of a forwarding-ledger row: an event CloudWatch will not take, recorded in
+/// the chain itself (a row of its own, `org` 0, like a checkpoint), so that nobody can
+/// excuse an event missing from CloudWatch afterwards by marking it rejected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    /// Always `"rejection"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The rejected event's sequence number.
+    pub seq: i64,
+    /// The forwarder's cursor name (empty for rejections recorded by the format-4 upgrade).
+    pub cursor: String,
+    /// `too_old`, `too_new`, `expired`, `invalid`.
+    pub reason: String,
+    pub detail: String,
+}
+
+impl LedgerEntry {
+    pub fn to_json(&self) -> String {
+        let s = serde_json::to_string(self).expect("ledger entry serializes");
+        debug_assert!(s.starts_with(LEDGER_BODY_PREFIX));
+        s
+    }
+
+    pub fn from_json(s: &str) -> Result<LedgerEntry, String> {
+        let e: LedgerEntry = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        if e.kind != "rejection" {
+            return Err(format!("type {:?}, not \"rejection\"", e.kind));
+        }
+        Ok(e)
+    }
+}
+
+impl Spool {
+    /// Adds a forwarding-ledger row for `entry` to the open transaction (chained like any
+    /// row; forwarders step over it, it is not sent).
+    pub(super) fn write_ledger(
+        &mut self,
+        entry: &LedgerEntry,
+        time_ms: i64,
+    ) -> Result<(), SpoolError> {
+        let body = entry.to_json();
+        let id = uuid::Uuid::new_v4();
+        let seq = self.last_seq + 1;
+        let actor = "audit-relay";
+        let hash = chain_hash(
+            &self.head,
+            &Canonical {
+                seq,
+                ts_ms: time_ms,
+                id: id.as_bytes(),
+                organization_id: "",
+                actor,
+                action: LEDGER_ACTION,
+                body: &body,
+            },
+        );
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                seq,
+                time_ms,
+                id.as_bytes().as_slice(),
+                CHECKPOINT_ORG,
+                actor,
+                LEDGER_ACTION,
+                body,
+                hash.as_slice()
+            ])?;
+        self.last_seq = seq;
+        self.head = hash;
+        Ok(())
+    }
+
+    /// Records every row of `rejected` in the ledger, in one transaction (the upgrade to
+    /// format 4: rejections made before it are vouched for from the upgrade on).
+    pub(super) fn ledger_existing_rejections(&mut self) -> Result<u64, SpoolError> {
+        let rows: Vec<(i64, String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq, reason, detail FROM rejected ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.begin()?;
+        let at = now_ms();
+        for (seq, reason, detail) in &rows {
+            let entry = LedgerEntry {
+                kind: "rejection".into(),
+                seq: *seq,
+                cursor: String::new(),
+                reason: reason.clone(),
+                detail: detail.clone(),
+            };
+            self.write_ledger(&entry, at)?;
+        }
+        self.commit()?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The forwarding-ledger entry that records event `seq` as rejected, if the chain
+    /// holds one (an index lookup: memory stays flat however many there are).
+    pub fn chained_rejection(&self, seq: i64) -> Result<Option<LedgerEntry>, SpoolError> {
+        // The literals match the partial index `events_ledger`.
+        let body: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT body FROM events WHERE org = 0 AND action = 'rejected' AND json_extract(body, '$.seq') = ?1 LIMIT 1",
+            )?
+            .query_row([seq], |r| r.get(0))
+            .optional()?;
+        match body {
+            None => Ok(None),
+            Some(b) => LedgerEntry::from_json(&b)
+                .map(Some)
+                .map_err(|reason| SpoolError::Corrupt { seq, reason }),
+        }
+    }
+
+    /// Whether the `rejected` table (bookkeeping outside the chain) marks event `seq`.
+    pub fn marked_rejected(&self, seq: i64) -> Result<bool, SpoolError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM rejected WHERE seq = ?1")?
+            .query_row([seq], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, Envelope};
+    use crate::event::{decode, format_timestamp_ms, Decoded};
+    use crate::spool::AppendBatch;
+
+    #[test]
+    fn the_upgrade_to_format_4_records_earlier_rejections_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        let events = (0..3u128).map(|i| {
+            let line = serde_json::json!({
+                "id": uuid::Uuid::from_u128(i + 1).to_string(),
+                "timestamp": format_timestamp_ms(1000 + i as i64), "action": "startWorkspace",
+                "organizationId": "o", "actorId": "a", "args": [],
+            })
+            .to_string();
+            match decode(line.as_bytes(), Envelope::Event) {
+                Decoded::Event(e) => e,
+                other => panic!("{other:?}"),
+            }
+        });
+        s.append(&AppendBatch {
+            events: events.collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        drop(s);
+        // Format 3: a rejection only in the table, no ledger index.
+        let c = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+        c.execute_batch(
+            "INSERT INTO rejected(seq, reason, detail, at_ms) VALUES (2, 'too_old', 'old', 0);
+             DROP INDEX events_ledger; PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        drop(c);
+        let s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        let e = s
+            .chained_rejection(2)
+            .unwrap()
+            .expect("recorded by the upgrade");
+        assert_eq!(
+            (e.seq, e.reason.as_str(), e.cursor.as_str()),
+            (2, "too_old", "")
+        );
+        assert!(s.chained_rejection(3).unwrap().is_none());
+        assert_eq!(s.last_seq(), 4, "one ledger row after the three events");
+        let r = crate::verify::verify_spool(&s, &Default::default()).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.ledger_rows, 1);
+        // Opening again adds nothing.
+        drop(s);
+        let s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        assert_eq!(s.last_seq(), 4);
+    }
+}
