@@ -13,7 +13,12 @@
 //! ([`audit`]) through the spool writer's channel before it is answered. Errors are
 //! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
 //! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
-//! ([`tls`]).
+//! ([`tls`]). Both the API and the admin port are served by [`server`], which caps
+//! connections and closes slow heads, idle connections and stalled writes.
+//!
+//! Organization and actor ids are parsed as UUIDs at the edge ([`request`]) and used in
+//! their canonical form (lowercase, hyphenated) everywhere after: scopes, roles, the
+//! query, page tokens and the read's own audit event.
 
 pub mod audit;
 pub mod auth;
