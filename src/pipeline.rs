@@ -7,6 +7,8 @@
 //! progress) and exits, all within `shutdown_grace`. The admin endpoints bind first,
 //! then the spool is opened (and upgraded from an older format, `/readyz` saying
 //! "migrating" meanwhile); the query API starts before the pipeline and stops after it.
+//! One cancellation tree ([`Stages`]) reaches every task; the forwarders run under
+//! supervision (restarted if they die).
 
 use crate::admin::{self, Health};
 use crate::api;
@@ -53,11 +55,41 @@ pub enum Ended {
     SourcesDone,
 }
 
-/// Runs the relay until `shutdown` fires or every source ends.
+/// The run's one cancellation tree. Each stage's token is a child of the stage that
+/// stops after it, so the stages are stopped one at a time, in order (sources →
+/// forwarders → writer → API and admin), and cancelling the root stops every one of
+/// them: it is cancelled last, and on any early return by its drop guard, so that no
+/// task outlives the run.
+struct Stages {
+    /// The query API and the admin endpoints (they stop last).
+    root: CancellationToken,
+    writer: CancellationToken,
+    forward: CancellationToken,
+    sources: CancellationToken,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let root = CancellationToken::new();
+        let writer = root.child_token();
+        let forward = writer.child_token();
+        let sources = forward.child_token();
+        Stages {
+            root,
+            writer,
+            forward,
+            sources,
+        }
+    }
+}
+
+/// Runs the relay until `shutdown` fires (then it drains in order) or every source ends.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
+    let stages = Stages::new();
+    let _stop_all = stages.root.clone().drop_guard();
     let health = Arc::new(Health::default());
     let (tx, rx) = sync_channel(CHANNEL_BATCHES);
-    let admin_stop = CancellationToken::new();
+    let admin_stop = stages.root.clone();
     let admin = match &config.admin {
         Some(a) => {
             let listener = tokio::net::TcpListener::bind(a.listen)
@@ -98,7 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Err(e) => return Err(anyhow!("the spool upgrade panicked: {e}")),
     }
     // The query API starts first and stops last; its reads are audited through the writer.
-    let api_stop = CancellationToken::new();
+    let api_stop = stages.root.clone();
     let api_server = match &config.api {
         Some(a) => Some(
             api::start(
@@ -112,12 +144,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
         None => None,
     };
-    let r = run_pipeline(config, shutdown, health, (tx, rx)).await;
-    admin_stop.cancel();
+    let r = run_pipeline(config, shutdown, &stages, health, (tx, rx)).await;
+    stages.root.cancel();
     if let Some(h) = admin {
         let _ = h.await;
     }
-    api_stop.cancel();
     if let Some(mut h) = api_server {
         // Connections drain gracefully; a long export is cut after a short wait.
         if tokio::time::timeout(API_DRAIN, &mut h).await.is_err() {
@@ -173,6 +204,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 async fn run_pipeline(
     config: Config,
     shutdown: CancellationToken,
+    stages: &Stages,
     health: Arc<Health>,
     (tx, rx): (SyncSender<AppendBatch>, Receiver<AppendBatch>),
 ) -> anyhow::Result<Ended> {
@@ -189,7 +221,7 @@ async fn run_pipeline(
         durability = ?config.spool.durability,
         "spool open"
     );
-    let writer_stop = CancellationToken::new();
+    let writer_stop = stages.writer.clone();
     let progress = ProgressInbox::default();
     let opts = WriterOptions {
         max_events: config.spool.commit_max_events,
@@ -249,7 +281,7 @@ async fn run_pipeline(
         let (src, out, cancel) = (
             src.clone(),
             Collector::new(src.envelope, tx.clone()),
-            shutdown.clone(),
+            stages.sources.clone(),
         );
         let health = health.clone();
         spawn_thread("file-source", move || {
@@ -265,7 +297,7 @@ async fn run_pipeline(
         let (src, out, cancel) = (
             src.clone(),
             Collector::new(src.envelope, tx.clone()),
-            shutdown.clone(),
+            stages.sources.clone(),
         );
         let paused = health.spool_full.clone();
         spawn_thread("stdin-source", move || {
@@ -275,7 +307,7 @@ async fn run_pipeline(
     drop(tx);
     health.sources_running.store(true, Ordering::Relaxed);
 
-    let forward_cancel = CancellationToken::new();
+    let forward_cancel = stages.forward.clone();
     let mut forwarders: Vec<JoinHandle<()>> = Vec::new();
     let mut fwd_health: Vec<Arc<ForwardHealth>> = Vec::new();
     match config.cloudwatch.as_ref().filter(|c| c.enabled) {
@@ -303,8 +335,7 @@ async fn run_pipeline(
                     }
                 }
                 Err(e) => {
-                    shutdown.cancel();
-                    writer_stop.cancel();
+                    stages.root.cancel();
                     return Err(e);
                 }
             }
@@ -329,7 +360,7 @@ async fn run_pipeline(
         _ = shutdown.cancelled() => Ended::Signal,
         _ = sources_done => Ended::SourcesDone,
         r = &mut writer => {
-            shutdown.cancel();
+            stages.root.cancel();
             return match r {
                 Ok(Ok(_)) => Err(anyhow!("the spool writer stopped unexpectedly")),
                 Ok(Err(e)) => Err(anyhow::Error::new(e).context("the spool writer failed")),
@@ -358,7 +389,7 @@ async fn run_pipeline(
         }
     }
     tracing::info!(reason = ?ended, "stopping: sources first, then the forwarder, then the spool");
-    shutdown.cancel();
+    stages.sources.cancel();
     let grace = config.shutdown_grace.0;
     let drained = tokio::time::timeout(grace, async {
         if let Some(h) = files {
@@ -408,5 +439,26 @@ async fn run_pipeline(
             );
             Ok(ended)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stages;
+
+    #[test]
+    fn stages_stop_one_at_a_time_in_order_and_the_root_stops_all() {
+        let s = Stages::new();
+        s.sources.cancel();
+        assert!(!s.forward.is_cancelled() && !s.writer.is_cancelled());
+        s.forward.cancel();
+        assert!(!s.writer.is_cancelled() && !s.root.is_cancelled());
+        s.writer.cancel();
+        assert!(!s.root.is_cancelled(), "the API outlives the writer");
+
+        // An early return drops the guard: every stage stops.
+        let s = Stages::new();
+        drop(s.root.clone().drop_guard());
+        assert!(s.sources.is_cancelled() && s.forward.is_cancelled() && s.writer.is_cancelled());
     }
 }

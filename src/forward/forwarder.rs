@@ -596,3 +596,123 @@ impl Forwarder {
         d
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CloudWatchConfig, Durability};
+    use crate::forward::message::MessageFormat;
+
+    /// A forwarder over a real spool in `dir` whose cursor `cloudwatch` is at 42; its
+    /// CloudWatch endpoint is never called.
+    async fn forwarder(dir: &std::path::Path) -> (Forwarder, Arc<ForwardHealth>) {
+        let mut spool = Spool::open(dir, Durability::Os, 1 << 20).unwrap();
+        spool.begin().unwrap();
+        spool
+            .write_progress(&ForwardProgress {
+                cursor_name: crate::spool::FORWARD_CURSOR.into(),
+                cursor: 42,
+                forwarded: 42,
+                rejected: Vec::new(),
+            })
+            .unwrap();
+        spool.commit().unwrap();
+        drop(spool);
+        let cfg: CloudWatchConfig = toml::from_str(
+            "region = \"us-east-1\"\nendpoint = \"http://127.0.0.1:9\"\nlog_group = \"/g\"",
+        )
+        .unwrap();
+        let cw = CloudWatch::connect(&cfg, "s".into()).await.unwrap();
+        let health = Arc::new(ForwardHealth::default());
+        let opts = ForwarderOptions {
+            cursor_name: crate::spool::FORWARD_CURSOR.into(),
+            shard: 0,
+            shards: 1,
+            limits: Limits::default(),
+            max_batch_wait: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(100),
+            auth_retry_interval: Duration::from_millis(100),
+            invalid_breaker_after: 5,
+            invalid_probe_interval: Duration::from_millis(100),
+        };
+        let f = Forwarder::new(
+            cw,
+            Spool::open_read_only(dir).unwrap(),
+            ProgressInbox::default(),
+            MessageFormat::new(&Default::default(), 1 << 20),
+            opts,
+            CancellationToken::new(),
+            health.clone(),
+        );
+        (f, health)
+    }
+
+    fn rename_table(dir: &std::path::Path, from: &str, to: &str) {
+        let c = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+        c.execute_batch(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cursor_that_cannot_be_read_is_retried_not_taken_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, health) = forwarder(dir.path()).await;
+        assert_eq!(f.load_cursor().await.ok(), Some(42));
+
+        rename_table(dir.path(), "cursors", "cursors_away");
+        let task = tokio::spawn(async move { f.load_cursor().await.ok() });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !task.is_finished(),
+            "gave up (or started from 0) on a failed read"
+        );
+        let failed = health.failures[ErrorKind::SpoolRead as usize].load(Ordering::Relaxed);
+        assert!(failed >= 2, "retried and counted: {failed}");
+
+        rename_table(dir.path(), "cursors_away", "cursors");
+        let cursor = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("reads it once it can")
+            .unwrap();
+        assert_eq!(cursor, Some(42));
+    }
+
+    #[tokio::test]
+    async fn a_cursor_read_that_keeps_failing_ends_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, _) = forwarder(dir.path()).await;
+        rename_table(dir.path(), "cursors", "cursors_away");
+        let cancel = f.cancel.clone();
+        let task = tokio::spawn(async move { f.load_cursor().await.is_err() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+        let cancelled = tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("ends on shutdown")
+            .unwrap();
+        assert!(cancelled);
+    }
+
+    #[tokio::test]
+    async fn an_organization_that_cannot_be_looked_up_is_retried_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, health) = forwarder(dir.path()).await;
+        f.opts.shards = 4;
+        rename_table(dir.path(), "orgs", "orgs_away");
+        let task = tokio::spawn(async move {
+            let r = f.is_mine(0x7fff).await.ok();
+            (r, f.shard_of.len())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !task.is_finished(),
+            "a failed lookup was taken as an answer"
+        );
+        assert!(health.failures[ErrorKind::SpoolRead as usize].load(Ordering::Relaxed) >= 2);
+        // With the table back, a key that is not in it is still no answer.
+        rename_table(dir.path(), "orgs_away", "orgs");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!task.is_finished(), "an unknown key was taken as \"\"");
+        task.abort();
+    }
+}

@@ -19,6 +19,11 @@ const PURGE_SPACING: u32 = 4;
 /// How long an idle writer waits before looking at its stop signal again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// After the stop signal, how long a writer whose disk is full or failing still tries to
+/// commit what it holds before it gives up (nothing is lost then: the sources' offsets
+/// were not moved either, so the events are read again at the next start).
+const RECOVER_AFTER_STOP: Duration = Duration::from_secs(2);
+
 /// Where forwarders leave their progress for the writer to commit: the spool has one
 /// writer, so cursor moves ride along with the next group commit instead of competing
 /// for SQLite's write lock.
@@ -138,6 +143,9 @@ struct Txn {
     batches: Vec<AppendBatch>,
     progress: Vec<ForwardProgress>,
     report: CommitReport,
+    /// A checkpoint was asked for in it (idle, shutdown, requested): it is written again
+    /// if the commit has to be.
+    checkpoint: bool,
     /// The checkpoint state when it began.
     uncovered: u64,
     last_checkpoint: Instant,
@@ -151,6 +159,7 @@ impl Default for Txn {
             batches: Vec::new(),
             progress: Vec::new(),
             report: CommitReport::default(),
+            checkpoint: false,
             uncovered: 0,
             last_checkpoint: Instant::now(),
         }
@@ -175,6 +184,8 @@ pub struct SpoolWriter {
     progress: ProgressInbox,
     /// Set while the spool's files are at or over `max_bytes`: sources pause.
     full: Arc<AtomicBool>,
+    /// The stop signal [`SpoolWriter::run`] was given (recovery looks at it).
+    stop: CancellationToken,
 }
 
 impl SpoolWriter {
@@ -204,6 +215,7 @@ impl SpoolWriter {
             upkeep,
             progress,
             full,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -234,6 +246,7 @@ impl SpoolWriter {
         rx: Receiver<AppendBatch>,
         stop: CancellationToken,
     ) -> Result<WriterTotals, SpoolError> {
+        self.stop = stop.clone();
         let mut sources_open = true;
         self.progress
             .1
@@ -256,9 +269,7 @@ impl SpoolWriter {
             }
             if self.progress.checkpoint_pending() {
                 if self.uncovered > 0 {
-                    self.add(None, Vec::new())?;
-                    self.checkpoint()?;
-                    self.commit()?;
+                    self.checkpoint_now()?;
                 }
                 // Cleared only once committed: the requester then reads committed_seq.
                 self.progress.2.store(false, Ordering::Release);
@@ -346,9 +357,7 @@ impl SpoolWriter {
     fn commit(&mut self) -> Result<(), SpoolError> {
         let started = Instant::now();
         let r = (|| {
-            if self.uncovered >= self.upkeep.checkpoint_every
-                || self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval
-            {
+            if self.checkpoint_due() {
                 self.checkpoint()?;
             }
             self.spool.commit()
@@ -381,10 +390,19 @@ impl SpoolWriter {
             .store(self.spool.last_seq(), Ordering::Release);
     }
 
-    /// A checkpoint in a transaction of its own (idle, shutdown).
+    /// Whether the open group commit ends with a checkpoint.
+    fn checkpoint_due(&self) -> bool {
+        self.txn.checkpoint
+            || self.uncovered >= self.upkeep.checkpoint_every
+            || self.last_checkpoint.elapsed() >= self.upkeep.checkpoint_interval
+    }
+
+    /// A checkpoint in a transaction of its own (idle, shutdown, requested). It is
+    /// written at the commit, inside the recovery from a full disk: a commit written
+    /// again keeps it.
     fn checkpoint_now(&mut self) -> Result<(), SpoolError> {
         self.add(None, Vec::new())?;
-        self.checkpoint()?;
+        self.txn.checkpoint = true;
         self.commit()
     }
 
@@ -397,6 +415,8 @@ impl SpoolWriter {
         self.full.store(true, Ordering::Relaxed);
         let mut delay = Duration::from_millis(250);
         let mut attempts = 0u64;
+        let mut stopped_at: Option<Instant> = None;
+        let mut last = first;
         loop {
             self.spool.rollback().or_else(|e| {
                 if Spool::is_disk_trouble(&e) {
@@ -407,7 +427,26 @@ impl SpoolWriter {
             })?;
             self.uncovered = self.txn.uncovered;
             self.last_checkpoint = self.txn.last_checkpoint;
-            std::thread::sleep(delay);
+            if self.stop.is_cancelled() {
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= RECOVER_AFTER_STOP {
+                    let held: usize = self.txn.batches.iter().map(|b| b.events.len()).sum();
+                    tracing::error!(held_events = held, attempts, "stopping while the spool's disk is still full or failing: the held events are not committed; their offsets were not either, so they are read again at the next start");
+                    return Err(last);
+                }
+                delay = delay.min(Duration::from_millis(250));
+            }
+            // Slept in steps, so that a stop signal is seen at once.
+            let wake = Instant::now() + delay;
+            while Instant::now() < wake {
+                if self.stop.is_cancelled() && stopped_at.is_none() {
+                    break;
+                }
+                std::thread::sleep(
+                    wake.saturating_duration_since(Instant::now())
+                        .min(IDLE_POLL),
+                );
+            }
             delay = (delay * 2).min(Duration::from_secs(10));
             attempts += 1;
             match self.rewrite() {
@@ -419,6 +458,7 @@ impl SpoolWriter {
                 }
                 Err(e) if Spool::is_disk_trouble(&e) => {
                     tracing::debug!(error = %e, attempts, "spool still not writable");
+                    last = e;
                 }
                 Err(e) => return Err(e),
             }
@@ -440,7 +480,7 @@ impl SpoolWriter {
             for p in &self.txn.progress {
                 self.spool.write_progress(p)?;
             }
-            if self.uncovered >= self.upkeep.checkpoint_every {
+            if self.checkpoint_due() {
                 self.checkpoint()?;
             }
             self.spool.commit()
@@ -561,5 +601,214 @@ impl SpoolWriter {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a real SQLite spool on a small tmpfs that is filled up and
+    //! freed again (needs root, as in CI; `AUDIT_RELAY_TEST_NO_MOUNT=1` skips knowingly).
+
+    use super::*;
+    use crate::config::{Durability, Envelope};
+    use crate::event::{decode, Decoded, Event};
+    use std::io::Write;
+    use std::sync::mpsc::{sync_channel, SyncSender};
+
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount() -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(
+                    std::env::var_os("AUDIT_RELAY_TEST_NO_MOUNT").is_some(),
+                    "cannot mount a tmpfs (needs root); set AUDIT_RELAY_TEST_NO_MOUNT=1 to skip this test knowingly"
+                );
+                return None;
+            }
+            Some(Tmpfs(dir))
+        }
+
+        fn path(&self) -> &std::path::Path {
+            self.0.path()
+        }
+
+        /// Takes every free byte; returns the filler's path (remove it to free them).
+        fn fill(&self) -> std::path::PathBuf {
+            let p = self.path().join("filler");
+            let mut f = std::fs::File::create(&p).unwrap();
+            let chunk = vec![0u8; 4096];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.flush();
+            p
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    fn events(first: u64, n: u64) -> AppendBatch {
+        let events = (first..first + n)
+            .map(|i| {
+                let line = serde_json::json!({
+                    "id": uuid::Uuid::from_u128(i as u128 + 1).to_string(),
+                    "timestamp": format!("2024-06-24T13:{:02}:{:02}.{:03}Z", i / 60_000, i / 1000 % 60, i % 1000),
+                    "action": "startWorkspace", "organizationId": "org-1",
+                    "actorId": "actor-1", "args": [],
+                })
+                .to_string();
+                match decode(line.as_bytes(), Envelope::Event) {
+                    Decoded::Event(e) => e,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect::<Vec<Event>>();
+        AppendBatch {
+            read: n,
+            events,
+            ..Default::default()
+        }
+    }
+
+    struct Running {
+        tx: Option<SyncSender<AppendBatch>>,
+        stop: CancellationToken,
+        inbox: ProgressInbox,
+        full: Arc<AtomicBool>,
+        done: std::sync::mpsc::Receiver<Result<WriterTotals, SpoolError>>,
+    }
+
+    /// A writer on `dir` with 100 events committed.
+    fn start(dir: &std::path::Path) -> Running {
+        let spool = Spool::open(dir, Durability::Os, 1 << 20).unwrap();
+        let inbox = ProgressInbox::default();
+        let full = Arc::new(AtomicBool::new(false));
+        let opts = WriterOptions {
+            max_events: 10_000,
+            interval: Duration::from_millis(20),
+            max_bytes: u64::MAX,
+        };
+        let upkeep = Upkeep {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..Upkeep::unsigned(90)
+        };
+        let writer = SpoolWriter::new(spool, opts, upkeep, inbox.clone(), full.clone());
+        let (tx, rx) = sync_channel(4);
+        let stop = CancellationToken::new();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(writer.run(rx, s));
+        });
+        tx.send(events(0, 100)).unwrap();
+        let r = Running {
+            tx: Some(tx),
+            stop,
+            inbox,
+            full,
+            done,
+        };
+        wait("100 events committed", || r.inbox.committed_seq() == 100);
+        r
+    }
+
+    fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `(seq of the newest checkpoint row, the sequence it covers)`.
+    fn last_checkpoint(dir: &std::path::Path) -> Option<(i64, i64)> {
+        let s = Spool::open_read_only(dir).unwrap();
+        s.last_checkpoint()
+            .unwrap()
+            .map(|(row, cp)| (row, cp.sequence))
+    }
+
+    #[test]
+    fn the_shutdown_checkpoint_survives_a_commit_written_again_after_a_full_disk() {
+        let Some(fs) = Tmpfs::mount() else { return };
+        let mut w = start(fs.path());
+        assert_eq!(last_checkpoint(fs.path()), None);
+        let filler = fs.fill();
+        drop(w.tx.take());
+        w.stop.cancel();
+        wait("the full disk to be seen", || {
+            w.full.load(Ordering::Relaxed)
+        });
+        std::fs::remove_file(filler).unwrap();
+        let totals = w
+            .done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer stops")
+            .expect("and commits");
+        assert_eq!(totals.stored, 100);
+        assert_eq!(
+            last_checkpoint(fs.path()),
+            Some((101, 100)),
+            "the shutdown checkpoint was dropped when its commit was written again"
+        );
+    }
+
+    #[test]
+    fn a_requested_checkpoint_is_committed_before_its_pending_flag_clears() {
+        let Some(fs) = Tmpfs::mount() else { return };
+        let mut w = start(fs.path());
+        let filler = fs.fill();
+        w.inbox.request_checkpoint();
+        wait("the full disk to be seen", || {
+            w.full.load(Ordering::Relaxed)
+        });
+        assert!(w.inbox.checkpoint_pending(), "cleared before it committed");
+        std::fs::remove_file(filler).unwrap();
+        wait("the checkpoint to commit", || !w.inbox.checkpoint_pending());
+        assert_eq!(last_checkpoint(fs.path()), Some((101, 100)));
+        assert!(!w.full.load(Ordering::Relaxed));
+        drop(w.tx.take());
+        w.stop.cancel();
+        w.done
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn recovery_from_a_full_disk_gives_up_soon_after_the_stop_signal() {
+        let Some(fs) = Tmpfs::mount() else { return };
+        let mut w = start(fs.path());
+        let _filler = fs.fill();
+        w.tx.as_ref().unwrap().send(events(100, 100)).unwrap();
+        wait("the full disk to be seen", || {
+            w.full.load(Ordering::Relaxed)
+        });
+        drop(w.tx.take());
+        let stopped = Instant::now();
+        w.stop.cancel();
+        let r = w
+            .done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer ignored the stop signal while the disk was full");
+        assert!(
+            Spool::is_disk_trouble(&r.expect_err("an error: not everything is committed")),
+            "the disk error"
+        );
+        assert!(stopped.elapsed() < Duration::from_secs(5));
+        let st = Spool::open_read_only(fs.path()).unwrap().stats().unwrap();
+        assert_eq!(st.events, 100, "the held batch is not committed");
     }
 }
