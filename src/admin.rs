@@ -299,6 +299,13 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         );
         metric(
             &mut o,
+            "audit_relay_forward_held_events",
+            "gauge",
+            "Events over 2 h in the future, held until CloudWatch takes them (not rejected).",
+            &one(sum(|h| h.held.load(Ordering::Relaxed))),
+        );
+        metric(
+            &mut o,
             "audit_relay_forward_breaker_trips_total",
             "counter",
             "Times the InvalidParameter breaker stopped a stream.",

@@ -441,6 +441,10 @@ fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             s.rejected
         );
         println!(
+            "held         {} (unforwarded, over 2 h in the future: sent when CloudWatch takes them)",
+            s.held
+        );
+        println!(
             "checkpoints  {} (integrity; rows of their own, in the sequence)",
             s.checkpoints
         );

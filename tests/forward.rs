@@ -265,7 +265,9 @@ fn too_old_too_new_and_oversize_events() {
     let old = gen::server_line(&mut g, now - 15 * 86_400_000);
     ls.push(old.line);
     add_normal(&mut g, &mut ls, 1);
-    let new = gen::server_line(&mut g, now + 3 * 3_600_000);
+    // Beyond the hold horizon (2 h + 24 h): rejected. One less far ahead is held (see
+    // tests/forward_hold.rs).
+    let new = gen::server_line(&mut g, now + 27 * 3_600_000);
     ls.push(new.line);
     // An event of about 10 KiB (bare event form), over max_event_bytes.
     let big_id = g.uuid();

@@ -68,7 +68,7 @@ fn no_credential_appears_in_the_log_even_at_trace() {
         writeln!(f, "{l}").unwrap();
     }
     let stderr_path = h.dir.path().join("trace.stderr");
-    let mut child = moto::relay_command(&h)
+    let child = moto::relay_command(&h)
         .arg("run")
         // Everything at debug, and the SDK's credential and signing parts at trace (the
         // whole process at trace writes hundreds of MB of runtime internals).
@@ -85,11 +85,13 @@ fn no_credential_appears_in_the_log_even_at_trace() {
         .stderr(File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
+    // Killed on every way out, a failed assertion included.
+    let mut child = KillOnDrop(child);
     let start = std::time::Instant::now();
     // Until the events are in CloudWatch: credentials were loaded and requests signed.
     while moto::forward_state(&h).1 < 20 {
         if start.elapsed() > DEADLINE {
-            let _ = child.kill();
+            child.stop();
             let log = std::fs::read_to_string(&stderr_path).unwrap();
             let tail: String = log
                 .lines()
@@ -101,8 +103,7 @@ fn no_credential_appears_in_the_log_even_at_trace() {
         }
         std::thread::sleep(common::POLL);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
     let sent = moto.events("/hygiene", moto::HOSTNAME);
     assert!(sent.iter().filter(|e| !e.is_checkpoint()).count() >= 20);
     let log = std::fs::read_to_string(&stderr_path).unwrap();
@@ -129,5 +130,20 @@ fn no_credential_appears_in_the_log_even_at_trace() {
                 at.join("\n")
             );
         }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

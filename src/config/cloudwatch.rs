@@ -95,6 +95,16 @@ pub struct CloudWatchConfig {
     /// How often a stopped stream (see `invalid_breaker_after`) is probed. Default `"60s"`.
     #[serde(default = "default_auth_retry")]
     pub invalid_probe_interval: HumanDuration,
+    /// How far in the future CloudWatch takes an event. An event further ahead is held
+    /// (not rejected) and sent in a call of its own once it is within this; only one
+    /// more than 24 h beyond it is rejected as `too_new`. Default `"2h"` (AWS's rule
+    /// today), between 1s and 2h.
+    #[serde(default = "default_max_future")]
+    pub max_future: HumanDuration,
+}
+
+fn default_max_future() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2 * 3600))
 }
 
 fn default_invalid_breaker() -> u32 {
@@ -271,6 +281,12 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
         bad(
             "max_batch_wait",
             format!("must be between 10ms and 60s, got {}", c.max_batch_wait),
+        );
+    }
+    if !(1_000..=7_200_000).contains(&ms(c.max_future)) {
+        bad(
+            "max_future",
+            format!("must be between 1s and 2h, got {}", c.max_future),
         );
     }
     if !(2..=1000).contains(&c.invalid_breaker_after) {

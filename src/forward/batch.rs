@@ -9,8 +9,11 @@
 //!   bytes plus 26;
 //! - events in chronological order within a call (a stable sort by timestamp);
 //! - a call spans at most 24 hours;
-//! - events older than 14 days (or the group's retention) or more than 2 hours in the
-//!   future are refused; they are not sent but rejected with their reason.
+//! - events older than 14 days (or the group's retention) are refused; they are not
+//!   sent but rejected with their reason;
+//! - events more than 2 hours in the future are refused *for now*: they are held (not
+//!   sent, not rejected) and sent later in a call of their own, once CloudWatch takes
+//!   them; only one beyond the hold horizon (`max_hold_ms` further) is rejected.
 
 use std::fmt;
 
@@ -26,6 +29,9 @@ pub struct Limits {
     pub max_age_ms: i64,
     /// Furthest accepted event in the future.
     pub max_future_ms: i64,
+    /// How much further in the future an event is held (sent when CloudWatch takes it)
+    /// rather than rejected as too new.
+    pub max_hold_ms: i64,
 }
 
 impl Default for Limits {
@@ -37,6 +43,7 @@ impl Default for Limits {
             max_span_ms: 24 * 3_600_000,
             max_age_ms: 14 * 86_400_000,
             max_future_ms: 2 * 3_600_000,
+            max_hold_ms: 24 * 3_600_000,
         }
     }
 }
@@ -83,12 +90,14 @@ impl OutEvent {
     }
 }
 
-/// A PutLogEvents call's worth: events sorted by time, and the rejected ones, together
-/// covering every sequence number from `first_seq` to `last_seq`.
+/// A PutLogEvents call's worth: events sorted by time, the rejected ones and the held
+/// ones, together covering every sequence number from `first_seq` to `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub events: Vec<OutEvent>,
     pub rejected: Vec<(i64, RejectReason)>,
+    /// Too far in the future for CloudWatch now, within the hold horizon: sent later.
+    pub held: Vec<OutEvent>,
     pub first_seq: i64,
     pub last_seq: i64,
     /// Bytes as CloudWatch counts them.
@@ -116,7 +125,7 @@ impl BatchBuilder {
 
     /// True when nothing has been offered since the last [`BatchBuilder::take`].
     pub fn is_empty(&self) -> bool {
-        self.batch.events.is_empty() && self.batch.rejected.is_empty()
+        self.batch.events.is_empty() && self.batch.rejected.is_empty() && self.batch.held.is_empty()
     }
 
     /// Events to send in the current batch.
@@ -141,11 +150,16 @@ impl BatchBuilder {
         }
         let reject = if ev.ts_ms < now_ms.saturating_sub(l.max_age_ms) {
             Some(RejectReason::TooOld)
-        } else if ev.ts_ms > now_ms.saturating_add(l.max_future_ms) {
+        } else if ev.ts_ms > now_ms.saturating_add(l.max_future_ms + l.max_hold_ms) {
             Some(RejectReason::TooNew)
         } else {
             None
         };
+        if reject.is_none() && ev.ts_ms > now_ms.saturating_add(l.max_future_ms) {
+            self.batch.last_seq = ev.seq;
+            self.batch.held.push(ev);
+            return Ok(());
+        }
         if let Some(r) = reject {
             self.batch.rejected.push((ev.seq, r));
             self.batch.last_seq = ev.seq;
@@ -173,6 +187,7 @@ impl BatchBuilder {
     pub fn is_full(&self) -> bool {
         self.batch.events.len() >= self.limits.max_events
             || self.batch.rejected.len() >= self.limits.max_events
+            || self.batch.held.len() >= self.limits.max_events
             || self.batch.bytes + self.limits.event_overhead + 2 > self.limits.max_bytes
     }
 
@@ -251,19 +266,26 @@ mod tests {
         let events = vec![
             ev(1, NOW - 15 * day, 5),
             ev(2, NOW, 5),
-            ev(3, NOW + 3 * 3_600_000, 5),
+            ev(3, NOW + 27 * 3_600_000, 5),
             ev(4, NOW - 3_600_000, 5),
+            ev(5, NOW + 2 * 3_600_000 + 5 * 60_000, 5),
         ];
         let b = &build(Limits::default(), events, NOW)[0];
         assert_eq!(
             b.rejected,
-            vec![(1, RejectReason::TooOld), (3, RejectReason::TooNew)]
+            vec![(1, RejectReason::TooOld), (3, RejectReason::TooNew)],
+            "too new only beyond the hold horizon"
         );
         assert_eq!(
             b.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![4, 2]
         );
-        assert_eq!((b.first_seq, b.last_seq), (1, 4));
+        assert_eq!(
+            b.held.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![5],
+            "2h05m ahead: held, not rejected"
+        );
+        assert_eq!((b.first_seq, b.last_seq), (1, 5));
     }
 
     proptest! {
@@ -278,7 +300,7 @@ mod tests {
             let limits = Limits { max_events, max_bytes, ..Limits::default() };
             let now = NOW;
             let events: Vec<OutEvent> = specs.iter().enumerate()
-                .map(|(i, (back, len))| ev(i as i64 + 1, now + 3 * 3_600_000 - back, *len))
+                .map(|(i, (back, len))| ev(i as i64 + 1, now + 30 * 3_600_000 - back, *len))
                 .collect();
             let n = events.len() as i64;
             let batches = build(limits, events.clone(), now);
@@ -294,14 +316,18 @@ mod tests {
                     prop_assert!(l.ts_ms - f.ts_ms <= limits.max_span_ms);
                 }
                 let mut seqs: Vec<i64> = b.events.iter().map(|e| e.seq)
-                    .chain(b.rejected.iter().map(|r| r.0)).collect();
+                    .chain(b.rejected.iter().map(|r| r.0))
+                    .chain(b.held.iter().map(|e| e.seq)).collect();
+                for e in &b.held {
+                    prop_assert!(e.ts_ms > now + limits.max_future_ms);
+                }
                 seqs.sort();
                 prop_assert_eq!(seqs, (b.first_seq..=b.last_seq).collect::<Vec<_>>());
                 for (seq, why) in &b.rejected {
                     let ts = events[*seq as usize - 1].ts_ms;
                     match why {
                         RejectReason::TooOld => prop_assert!(ts < now - limits.max_age_ms),
-                        RejectReason::TooNew => prop_assert!(ts > now + limits.max_future_ms),
+                        RejectReason::TooNew => prop_assert!(ts > now + limits.max_future_ms + limits.max_hold_ms),
                         _ => prop_assert!(false),
                     }
                 }

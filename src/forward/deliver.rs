@@ -83,13 +83,85 @@ impl Forwarder {
             last_seq = batch.last_seq,
             "batch forwarded"
         );
-        self.health.cursor.store(batch.last_seq, Ordering::Release);
+        if !batch.held.is_empty() {
+            tracing::info!(
+                count = batch.held.len(),
+                first_seq = batch.held[0].seq,
+                "events more than 2 h in the future: held (not rejected), sent once CloudWatch takes them"
+            );
+            self.held.extend(batch.held);
+            self.health
+                .held
+                .store(self.held.len() as u64, Ordering::Relaxed);
+        }
+        let cursor = self.cursor_through(batch.last_seq);
+        self.report(cursor, forwarded, rejected);
+        Ok(())
+    }
+
+    fn report(&mut self, cursor: i64, forwarded: u64, rejected: Vec<Rejection>) {
+        if cursor > self.health.cursor.load(Ordering::Acquire) {
+            self.health.cursor.store(cursor, Ordering::Release);
+        }
         self.inbox.push(ForwardProgress {
             cursor_name: self.opts.cursor_name.clone(),
-            cursor: batch.last_seq,
+            cursor,
             forwarded,
             rejected,
         });
+    }
+
+    /// Sends the held events CloudWatch takes now, in calls of their own (in time order
+    /// within each), and moves the cursor up to the next one still held.
+    pub(super) async fn release_held(&mut self) -> Result<(), Cancelled> {
+        let l = self.opts.limits;
+        // A margin, so that a clock a little behind CloudWatch's does not make it refuse.
+        let horizon = now_ms() + l.max_future_ms - l.max_future_ms / 24;
+        if !self.held.iter().any(|e| e.ts_ms <= horizon) {
+            return Ok(());
+        }
+        let (due, keep): (Vec<OutEvent>, Vec<OutEvent>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|e| e.ts_ms <= horizon);
+        self.held = keep;
+        let mut builder = super::batch::BatchBuilder::new(l);
+        let mut calls = Vec::new();
+        for ev in due {
+            if let Err(ev) = builder.offer(ev, now_ms()) {
+                calls.push(builder.take());
+                builder
+                    .offer(ev, now_ms())
+                    .expect("an event fits an empty batch");
+            }
+        }
+        calls.push(builder.take());
+        for call in calls {
+            // Each went through the builder already: only `events` are left.
+            let mut rejected: Vec<Rejection> = call
+                .rejected
+                .iter()
+                .map(|(seq, why)| Rejection {
+                    seq: *seq,
+                    reason: why.as_str().to_string(),
+                    detail: "held, then refused by the relay's rules".into(),
+                })
+                .collect();
+            self.held.extend(call.held);
+            let refused = self.deliver_all(&call.events).await?;
+            let forwarded = (call.events.len() - refused.len()) as u64;
+            tracing::info!(
+                sent = forwarded,
+                still_held = self.held.len(),
+                "held events sent: CloudWatch takes them now"
+            );
+            rejected.extend(refused);
+            self.held.sort_by_key(|e| e.seq);
+            self.health
+                .held
+                .store(self.held.len() as u64, Ordering::Relaxed);
+            let cursor = self.cursor_through(self.sent_through);
+            self.report(cursor, forwarded, rejected);
+        }
         Ok(())
     }
 

@@ -66,6 +66,8 @@ pub struct ForwardHealth {
     pub running: std::sync::atomic::AtomicBool,
     /// Times the supervisor restarted the forwarder after it died.
     pub restarts: AtomicU64,
+    /// Events held because they are too far in the future for CloudWatch now.
+    pub held: AtomicU64,
 }
 
 impl ForwardHealth {
@@ -112,6 +114,13 @@ pub struct Forwarder {
     pub(super) breaker: InvalidBreaker,
     /// How the stream refused the last call, while the breaker holds it stopped.
     pub(super) last_refusal: Option<Failure>,
+    /// Events too far in the future for CloudWatch now, in sequence order: sent in calls
+    /// of their own once it takes them. The cursor stays before the first of them, so a
+    /// restart reads them again (the events after them may then be sent twice).
+    pub(super) held: Vec<OutEvent>,
+    /// The last sequence number sent, rejected or stepped over (the cursor, but for
+    /// the held events).
+    pub(super) sent_through: i64,
     /// Organization key → belongs to this shard (successful lookups only).
     shard_of: std::collections::HashMap<i64, bool>,
 }
@@ -165,6 +174,8 @@ impl Forwarder {
             last_auth_error_log: None,
             breaker,
             last_refusal: None,
+            held: Vec::new(),
+            sent_through: 0,
             shard_of: std::collections::HashMap::new(),
         }
     }
@@ -212,6 +223,7 @@ impl Forwarder {
             "forwarding to CloudWatch Logs"
         );
         self.health.cursor.store(cursor, Ordering::Release);
+        self.sent_through = cursor;
         if self.ensure_destination().await.is_err() {
             tracing::info!("forwarder stopped before it started");
             return;
@@ -221,6 +233,10 @@ impl Forwarder {
         let mut builder = BatchBuilder::new(self.opts.limits);
         let mut first_offer: Option<Instant> = None;
         while !self.cancel.is_cancelled() {
+            if self.release_held().await.is_err() {
+                tracing::info!("forwarder stopped; held events are read again at the next start");
+                return;
+            }
             let rows = self.read_after(read_pos).await;
             if rows.is_empty() {
                 let due = first_offer.is_some_and(|t| t.elapsed() >= self.opts.max_batch_wait);
@@ -448,8 +464,18 @@ impl Forwarder {
         }
     }
 
+    /// The cursor once everything through `through` is settled: never past a held event.
+    pub(super) fn cursor_through(&mut self, through: i64) -> i64 {
+        self.sent_through = self.sent_through.max(through);
+        match self.held.first() {
+            Some(h) => self.sent_through.min(h.seq - 1),
+            None => self.sent_through,
+        }
+    }
+
     /// Moves the cursor past events that belong to other shards.
     fn step_over(&mut self, seq: i64) {
+        let seq = self.cursor_through(seq);
         if seq > self.health.cursor.load(Ordering::Acquire) {
             self.health.cursor.store(seq, Ordering::Release);
             self.inbox.push(ForwardProgress {
@@ -517,6 +543,7 @@ impl Forwarder {
                 "events after the cursor are in CloudWatch already (accepted just before a crash): not sent again"
             );
             self.health.cursor.store(at, Ordering::Release);
+            self.sent_through = at;
             self.inbox.push(ForwardProgress {
                 cursor_name: self.opts.cursor_name.clone(),
                 cursor: at,

@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 /// CloudWatch's limits for this configuration: retention shorter than 14 days lowers
 /// the oldest accepted age.
 pub fn limits_for(cfg: &CloudWatchConfig) -> batch::Limits {
-    let mut l = batch::Limits::default();
+    let mut l = batch::Limits {
+        max_future_ms: cfg.max_future.0.as_millis() as i64,
+        ..Default::default()
+    };
     if let Some(days) = cfg.retention_in_days {
         l.max_age_ms = l.max_age_ms.min(days as i64 * 86_400_000);
     }

@@ -178,6 +178,9 @@ pub struct Stats {
     pub forwarded: u64,
     /// Events CloudWatch will not take (too old, too new, invalid); kept in the spool.
     pub rejected: u64,
+    /// Unforwarded events more than 2 hours in the future (CloudWatch refuses them for
+    /// now): the forwarder holds them and sends them once CloudWatch takes them.
+    pub held: u64,
     /// Events deleted by retention (`events - purged` are in the spool).
     pub purged: u64,
     /// Integrity checkpoints written (rows of their own, counted in `last_seq`).

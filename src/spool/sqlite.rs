@@ -625,6 +625,11 @@ impl Spool {
                 |r| r.get(0),
             )
             .optional()?;
+        s.held = self.conn.query_row(
+            "SELECT count(*) FROM events WHERE seq > ?1 AND org != 0 AND ts_ms > ?2",
+            [s.forwarded_seq, now_ms() + 2 * 3_600_000],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
         s.forward_lag_seconds = oldest_unforwarded
             .map(|ts| ((now_ms() - ts).max(0) / 1000) as u64)
             .unwrap_or(0);
