@@ -353,7 +353,7 @@ impl FileSource {
                         Err(e) => tracing::warn!(
                             path = %path.display(),
                             error = %e,
-                            "cannot read a rotated file found by its checkpoint; its unread tail is lost"
+                            "cannot read a rotated file found by its checkpoint; it is looked for again at the next start"
                         ),
                     }
                 }
