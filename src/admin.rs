@@ -45,6 +45,9 @@ pub struct Health {
     pub api: Arc<ApiMetrics>,
     /// Files matched by `source.paths` that cannot be opened (e.g. permission denied).
     pub source_unreadable_files: Arc<AtomicU64>,
+    /// Checkpointed files not found at start (deleted or moved away while the relay was
+    /// down): what they held after their checkpoint was not read.
+    pub source_files_lost: Arc<AtomicU64>,
 }
 
 impl Health {
@@ -325,6 +328,13 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         "gauge",
         "Files matched by source.paths that cannot be opened (e.g. permission denied).",
         &one(s.health.source_unreadable_files.load(Ordering::Relaxed) as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_source_files_lost_total",
+        "counter",
+        "Checkpointed files not found at start (deleted, or moved out of source.paths and their directory, while the relay was down): their unread tail is lost.",
+        &one(s.health.source_files_lost.load(Ordering::Relaxed) as f64),
     );
     render_api(&mut o, &s.health.api);
     let ready = s.health.not_ready_reasons().is_empty();

@@ -288,6 +288,7 @@ async fn run_pipeline(
             let paused = health.spool_full.clone();
             let r = FileSource::new(&src, saved, out, cancel, paused)
                 .report_unreadable_to(health.source_unreadable_files.clone())
+                .report_lost_to(health.source_files_lost.clone())
                 .run();
             health.sources_running.store(false, Ordering::Relaxed);
             r

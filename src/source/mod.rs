@@ -4,11 +4,13 @@
 //! - [`framing`]: bytes → records (pure state machine per file).
 //! - [`checkpoint`]: file identity and resume points.
 //! - [`tail`]: follows files by glob, across rotation and restarts.
+//! - [`rotated`]: at start, finds checkpointed files renamed out of the patterns.
 //! - [`watch`]: which file system events wake the file source.
 //! - [`stdin`]: reads standard input.
 
 pub mod checkpoint;
 pub mod framing;
+pub mod rotated;
 pub mod stdin;
 pub mod tail;
 pub mod watch;

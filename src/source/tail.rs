@@ -17,10 +17,19 @@
 //!   match the fingerprint: what was incomplete is quarantined as above, and reading
 //!   restarts at 0.
 //! - delete + recreate: like rename; a reused inode is told apart by its fingerprint.
+//! - a crash while a rotated file is still being read: at the next start nothing matches
+//!   it, but its checkpoint remains. Each saved checkpoint whose file no pattern matches
+//!   is looked for by identity (device + inode, confirmed by the fingerprint) in the
+//!   directory it was last seen in and the watched directories ([`super::rotated`]);
+//!   found, it is read from the checkpoint to its end and retired as above. Not found
+//!   (deleted, or moved elsewhere), its unread tail is lost: that is logged once at warn
+//!   with the path and offset, counted (`audit_relay_source_files_lost_total`), and the
+//!   checkpoint is forgotten.
 
 use super::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
 use super::framing::{Deframer, Resume, ResumeMode};
-use super::watch::watch_dirs;
+use super::rotated::{self, Found};
+use super::watch::{static_prefix_dir, watch_dirs};
 use super::{Collector, WriterGone};
 use crate::config::{SourceConfig, StartAt};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -116,6 +125,8 @@ pub struct FileSource {
     /// Set while the spool is full: read nothing, keep every offset.
     paused: Arc<AtomicBool>,
     unreadable: Unreadable,
+    /// Checkpointed files found neither by the patterns nor by identity at start.
+    lost: Arc<AtomicU64>,
 }
 
 /// How often a matched file that cannot be opened is logged again.
@@ -187,7 +198,14 @@ impl FileSource {
             chunk: vec![0u8; CHUNK_BYTES],
             paused,
             unreadable: Unreadable::default(),
+            lost: Arc::default(),
         }
+    }
+
+    /// Adds the checkpointed files that could not be found at start to `counter`.
+    pub fn report_lost_to(mut self, counter: Arc<AtomicU64>) -> FileSource {
+        self.lost = counter;
+        self
     }
 
     /// Publishes the number of matched files that cannot be opened to `gauge`.
@@ -265,6 +283,7 @@ impl FileSource {
         paths.sort();
         paths.dedup();
         let mut names: BTreeMap<FileId, Vec<PathBuf>> = BTreeMap::new();
+        let first_scan = self.first_scan;
         let mut failed: Vec<(PathBuf, std::io::Error)> = Vec::new();
         for path in paths {
             match std::fs::metadata(&path) {
@@ -277,6 +296,7 @@ impl FileSource {
                 Err(e) => failed.push((path, e)),
             }
         }
+        let matched: HashSet<FileId> = names.keys().copied().collect();
         for (id, names) in names {
             let Some(k) = self.files.iter().position(|t| t.id == id) else {
                 // The first name (in sorted order) is the one followed.
@@ -305,7 +325,59 @@ impl FileSource {
             }
         }
         self.unreadable.pass(failed);
+        if first_scan {
+            self.open_rotated(&matched);
+        }
         self.first_scan = false;
+    }
+
+    /// At start: opens the files of saved checkpoints that no pattern matched, found by
+    /// identity (see the module doc), to be read to their end and retired; forgets the
+    /// checkpoints of those that are gone.
+    fn open_rotated(&mut self, matched: &HashSet<FileId>) {
+        let watched: Vec<PathBuf> = self.patterns.iter().map(|p| static_prefix_dir(p)).collect();
+        let mut unmatched: Vec<Checkpoint> = self
+            .saved
+            .values()
+            .filter(|cp| !matched.contains(&cp.file))
+            .cloned()
+            .collect();
+        unmatched.sort_by(|a, b| a.path.cmp(&b.path));
+        for cp in unmatched {
+            match rotated::find(&cp, &rotated::search_dirs(&cp.path, &watched)) {
+                Found::At(path, file) => {
+                    self.saved.remove(&cp.file);
+                    let how = "checkpoint (renamed out of source.paths)";
+                    match self.follow(&path, file, cp.resume, how) {
+                        Ok(()) => self.files.last_mut().expect("just opened").matched = false,
+                        Err(e) => tracing::warn!(
+                            path = %path.display(),
+                            error = %e,
+                            "cannot read a rotated file found by its checkpoint; it is looked for again at the next start"
+                        ),
+                    }
+                }
+                Found::Gone => {
+                    self.saved.remove(&cp.file);
+                    tracing::warn!(
+                        path = %cp.path,
+                        offset = cp.resume.offset,
+                        "checkpointed file not found (deleted, or moved out of its directory and source.paths, while the relay was down): what it held after this offset was not read, and how many bytes that was cannot be known once the file is gone; its checkpoint is forgotten"
+                    );
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    let batch = self.out.batch_mut();
+                    batch.checkpoints.push(CheckpointUpdate::Forget(cp.file));
+                }
+                // Kept in `saved`: should the file come back into the patterns, it resumes.
+                Found::Unsearchable(dir, e) => tracing::warn!(
+                    path = %cp.path,
+                    offset = cp.resume.offset,
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot search a directory for a checkpointed file that no pattern matches; its checkpoint is kept"
+                ),
+            }
+        }
     }
 
     fn open(&mut self, path: &Path) -> std::io::Result<()> {
@@ -313,8 +385,6 @@ impl FileSource {
         let meta = file.metadata()?;
         let id = FileId::of(&meta);
         let size = meta.len();
-        let fp = Fingerprint::read(&file)?;
-        let name = path.display().to_string();
         let (resume, how) = match self.saved.remove(&id) {
             Some(cp) if cp.fingerprint.matches(&file)? && cp.resume.replay_until <= size => {
                 (cp.resume, "checkpoint")
@@ -339,6 +409,20 @@ impl FileSource {
             }
             None => (Resume::at(0), "beginning"),
         };
+        self.follow(path, file, resume, how)
+    }
+
+    /// Starts following the open `file` at `resume`.
+    fn follow(
+        &mut self,
+        path: &Path,
+        file: File,
+        resume: Resume,
+        how: &str,
+    ) -> std::io::Result<()> {
+        let id = FileId::of(&file.metadata()?);
+        let fp = Fingerprint::read(&file)?;
+        let name = path.display().to_string();
         tracing::info!(path = %name, offset = resume.offset, from = how, "following file");
         let max = self.cfg.max_line_bytes.0 as usize;
         self.files.push(Tailed {

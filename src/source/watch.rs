@@ -55,7 +55,7 @@ pub fn wakes_the_source(kind: &notify::EventKind) -> bool {
 }
 
 /// The deepest directory of a pattern that has no glob characters in it.
-fn static_prefix_dir(pattern: &str) -> PathBuf {
+pub fn static_prefix_dir(pattern: &str) -> PathBuf {
     let mut dir = PathBuf::new();
     let path = Path::new(pattern);
     let comps: Vec<_> = path.components().collect();
