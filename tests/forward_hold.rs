@@ -128,3 +128,47 @@ fn a_held_event_is_sent_in_a_call_of_its_own_once_cloudwatch_takes_it() {
     );
     common::proxy::assert_cloudwatch_rules(&calls);
 }
+
+#[test]
+fn events_held_in_memory_are_capped_and_the_rest_rejected_as_before() {
+    // 10,000 are held (the cap); the 40 beyond it are refused as too_new, recorded, and
+    // kept in the spool, so a writer of future timestamps cannot grow the relay.
+    const HELD_CAP: usize = 10_000;
+    let moto = Moto::start();
+    let h = Harness::new();
+    configure(
+        &h,
+        &moto.endpoint(),
+        GROUP,
+        &["[admin]", "listen = \"127.0.0.1:0\""],
+    );
+    let ahead = now_ms() + 3 * 3_600_000;
+    let mut g = Gen::new(77);
+    let lines: Vec<String> = (0..HELD_CAP as i64 + 40)
+        .map(|i| gen::server_line(&mut g, ahead + i).line)
+        .collect();
+    write_lines(&mut append_to(&h.log("server.log")), &lines);
+    let mut relay = start_relay(&h);
+    let addr = admin_addr(&relay);
+    h.wait_until(
+        Some(&mut relay),
+        "40 rejected beyond the cap",
+        Duration::from_secs(60),
+        || rejected_rows(&h).len() >= 40,
+    );
+    let metrics = http_get(&addr, "/metrics").1;
+    assert!(
+        metrics.contains(&format!("audit_relay_forward_held_events {HELD_CAP}")),
+        "{metrics}"
+    );
+    let rows = rejected_rows(&h);
+    assert_eq!(rows.len(), 40, "{rows:?}");
+    assert!(rows.iter().all(|(_, r)| r == "too_new"), "{rows:?}");
+    assert!(event_ids(&moto.events(GROUP, HOSTNAME)).is_empty());
+    assert_eq!(
+        h.count(),
+        HELD_CAP as u64 + 40,
+        "every event stays in the spool"
+    );
+    relay.terminate();
+}

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// How often a stopped stream is logged.
 const STOPPED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Most events held in memory because they are too far in the future for CloudWatch
+/// (about 7 MiB of messages at ~700 bytes each).
+const MAX_HELD: usize = 10_000;
 
 /// The rejections CloudWatch reported for an accepted call.
 fn refused_in(events: &[OutEvent], outcome: PutOutcome) -> Vec<Rejection> {
@@ -89,7 +92,31 @@ impl Forwarder {
                 first_seq = batch.held[0].seq,
                 "events more than 2 h in the future: held (not rejected), sent once CloudWatch takes them"
             );
-            self.held.extend(batch.held);
+            let mut held = batch.held;
+            let room = MAX_HELD.saturating_sub(self.held.len());
+            if held.len() > room {
+                // Held events wait in memory: past the cap they are refused as before
+                // (kept in the spool, recorded in the ledger), so one writer of future
+                // timestamps cannot grow the relay without bound.
+                let over: Vec<Rejection> = held
+                    .drain(room..)
+                    .map(|e| Rejection {
+                        seq: e.seq,
+                        reason: RejectReason::TooNew.as_str().to_string(),
+                        detail: format!(
+                            "more than 2 hours in the future, and {MAX_HELD} events are held already"
+                        ),
+                    })
+                    .collect();
+                tracing::warn!(
+                    count = over.len(),
+                    first_seq = over[0].seq,
+                    held = MAX_HELD,
+                    "too many events in the future to hold: rejected as too_new (kept in the spool)"
+                );
+                rejected.extend(over);
+            }
+            self.held.extend(held);
             self.health
                 .held
                 .store(self.held.len() as u64, Ordering::Relaxed);
