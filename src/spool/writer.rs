@@ -51,8 +51,20 @@ impl ProgressInbox {
         self.2.load(Ordering::Acquire)
     }
 
+    /// Leaves a forwarder's progress for the next commit. Progress of one cursor is
+    /// folded into the entry already waiting for it (the cursor only moves forward;
+    /// counts add up; rejections keep their order), so the inbox holds one entry per
+    /// forwarder however long the writer is held up (a full disk, a slow commit).
     pub fn push(&self, p: ForwardProgress) {
-        self.0.lock().expect("progress inbox").push(p);
+        let mut waiting = self.0.lock().expect("progress inbox");
+        match waiting.iter_mut().find(|w| w.cursor_name == p.cursor_name) {
+            Some(w) => {
+                w.cursor = w.cursor.max(p.cursor);
+                w.forwarded += p.forwarded;
+                w.rejected.extend(p.rejected);
+            }
+            None => waiting.push(p),
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -810,5 +822,37 @@ mod tests {
         assert!(stopped.elapsed() < Duration::from_secs(5));
         let st = Spool::open_read_only(fs.path()).unwrap().stats().unwrap();
         assert_eq!(st.events, 100, "the held batch is not committed");
+    }
+
+    #[test]
+    fn the_inbox_holds_one_entry_per_forwarder_however_long_the_writer_waits() {
+        let inbox = ProgressInbox::default();
+        for i in 1..=10_000i64 {
+            for name in ["cloudwatch", "cloudwatch-1"] {
+                inbox.push(crate::spool::ForwardProgress {
+                    cursor_name: name.into(),
+                    cursor: i * 10,
+                    forwarded: 9,
+                    rejected: if i % 1000 == 0 {
+                        vec![crate::spool::Rejection {
+                            seq: i * 10,
+                            reason: "too_old".into(),
+                            detail: String::new(),
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+        let got = inbox.drain();
+        assert_eq!(got.len(), 2);
+        for p in &got {
+            assert_eq!(p.cursor, 100_000);
+            assert_eq!(p.forwarded, 90_000);
+            let seqs: Vec<i64> = p.rejected.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=10).map(|k| k * 10_000).collect::<Vec<_>>());
+        }
+        assert!(inbox.drain().is_empty());
     }
 }
