@@ -294,8 +294,10 @@ impl SpoolWriter {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.txn.since.is_none() {
-                        // Idle: retention may have freed space.
+                    if self.txn.since.is_none() && self.full.load(Ordering::Relaxed) {
+                        // Idle and paused: retention may have freed space. (Idle and not
+                        // full, nothing is written, so the used bytes cannot grow: no
+                        // need to look 20 times a second.)
                         self.check_disk_cap();
                     }
                     if self.txn.since.is_some() {
