@@ -198,38 +198,7 @@ impl Spool {
                 signed: None,
             },
         };
-        let body = cp.to_json();
-        let id = uuid::Uuid::new_v4();
-        let seq = self.last_seq + 1;
-        let (actor, action) = ("audit-relay", "checkpoint");
-        let hash = chain_hash(
-            &self.head,
-            &Canonical {
-                seq,
-                ts_ms: time_ms,
-                id: id.as_bytes(),
-                organization_id: "",
-                actor,
-                action,
-                body: &body,
-            },
-        );
-        self.conn
-            .prepare_cached(
-                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                seq,
-                time_ms,
-                id.as_bytes().as_slice(),
-                CHECKPOINT_ORG,
-                actor,
-                action,
-                body,
-                hash.as_slice()
-            ])?;
-        self.last_seq = seq;
-        self.head = hash;
+        self.append_own_row("checkpoint", &cp.to_json(), time_ms)?;
         self.pending.checkpoints += 1;
         Ok(cp)
     }

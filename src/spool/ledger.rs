@@ -7,8 +7,7 @@
 //! rejected event's sequence number. Forwarders step over ledger rows (they are not sent).
 
 use super::sqlite::{now_ms, Spool, SpoolError};
-use crate::integrity::{chain_hash, Canonical, CHECKPOINT_ORG};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 /// `action` of a forwarding-ledger row.
 pub const LEDGER_ACTION: &str = "rejected";
@@ -56,39 +55,7 @@ impl Spool {
         entry: &LedgerEntry,
         time_ms: i64,
     ) -> Result<(), SpoolError> {
-        let body = entry.to_json();
-        let id = uuid::Uuid::new_v4();
-        let seq = self.last_seq + 1;
-        let actor = "audit-relay";
-        let hash = chain_hash(
-            &self.head,
-            &Canonical {
-                seq,
-                ts_ms: time_ms,
-                id: id.as_bytes(),
-                organization_id: "",
-                actor,
-                action: LEDGER_ACTION,
-                body: &body,
-            },
-        );
-        self.conn
-            .prepare_cached(
-                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                seq,
-                time_ms,
-                id.as_bytes().as_slice(),
-                CHECKPOINT_ORG,
-                actor,
-                LEDGER_ACTION,
-                body,
-                hash.as_slice()
-            ])?;
-        self.last_seq = seq;
-        self.head = hash;
-        Ok(())
+        self.append_own_row(LEDGER_ACTION, &entry.to_json(), time_ms)
     }
 
     /// Records every row of `rejected` in the ledger, in one transaction (the upgrade to

@@ -3,7 +3,7 @@
 use super::{AppendBatch, CommitReport, ForwardProgress, QuarantineEntry, Stats, StoredEvent};
 use crate::config::Durability;
 use crate::event::{format_timestamp_ms, Event};
-use crate::integrity::link;
+use crate::integrity::{chain_hash, link, Canonical, CHECKPOINT_ORG};
 use crate::query::Query;
 use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
 use crate::source::framing::{Resume, ResumeMode};
@@ -461,6 +461,48 @@ impl Spool {
     }
 
     /// Adds forwarding progress to the open transaction. The cursor never moves back.
+    /// Appends one of the relay's own rows (a checkpoint, a forwarding-ledger entry) to
+    /// the open transaction: `org` 0, actor `audit-relay`, chained like any event.
+    pub(super) fn append_own_row(
+        &mut self,
+        action: &str,
+        body: &str,
+        time_ms: i64,
+    ) -> Result<(), SpoolError> {
+        let id = uuid::Uuid::new_v4();
+        let seq = self.last_seq + 1;
+        let actor = "audit-relay";
+        let hash = chain_hash(
+            &self.head,
+            &Canonical {
+                seq,
+                ts_ms: time_ms,
+                id: id.as_bytes(),
+                organization_id: "",
+                actor,
+                action,
+                body,
+            },
+        );
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events(seq, ts_ms, id, org, actor, action, body, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                seq,
+                time_ms,
+                id.as_bytes().as_slice(),
+                CHECKPOINT_ORG,
+                actor,
+                action,
+                body,
+                hash.as_slice()
+            ])?;
+        self.last_seq = seq;
+        self.head = hash;
+        Ok(())
+    }
+
     pub fn write_progress(&mut self, p: &ForwardProgress) -> Result<(), SpoolError> {
         debug_assert!(self.in_txn);
         self.conn
