@@ -94,9 +94,12 @@ pub fn hash_from_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The chain head at a sequence number, at a time, perhaps signed.
+/// The chain head at a sequence number, at a time, perhaps signed: an integrity
+/// checkpoint, stored as a row of the chain and forwarded as a `"type":"checkpoint"`
+/// message. (Not to be confused with [`crate::source::checkpoint::SourceOffset`], where
+/// reading of a file resumes.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
+pub struct ChainCheckpoint {
     /// The last sequence number covered.
     pub sequence: i64,
     /// The chain hash of that event.
@@ -122,7 +125,7 @@ struct CheckpointJson {
     signature: Option<String>,
 }
 
-impl Checkpoint {
+impl ChainCheckpoint {
     /// The bytes the signature covers.
     fn signed_bytes(sequence: i64, head: &[u8; 32], time_ms: i64) -> Vec<u8> {
         let mut m = b"audit-relay/checkpoint/v1".to_vec();
@@ -147,7 +150,7 @@ impl Checkpoint {
 
     /// Parses a checkpoint message, or says what is wrong with it. Static fields the
     /// forwarder added (CloudWatch copies) are ignored when `lenient`.
-    pub fn from_json(s: &str, lenient: bool) -> Result<Checkpoint, String> {
+    pub fn from_json(s: &str, lenient: bool) -> Result<ChainCheckpoint, String> {
         let j: CheckpointJson = if lenient {
             let mut v: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(s).map_err(|e| format!("not a JSON object: {e}"))?;
@@ -182,7 +185,7 @@ impl Checkpoint {
             (None, None) => None,
             _ => return Err("keyId and signature must come together".into()),
         };
-        Ok(Checkpoint {
+        Ok(ChainCheckpoint {
             sequence: j.sequence,
             chain_head,
             time_ms,
@@ -245,11 +248,13 @@ impl Signer {
     }
 
     /// A signed checkpoint.
-    pub fn sign(&self, sequence: i64, chain_head: [u8; 32], time_ms: i64) -> Checkpoint {
-        let sig = self
-            .key
-            .sign(&Checkpoint::signed_bytes(sequence, &chain_head, time_ms));
-        Checkpoint {
+    pub fn sign(&self, sequence: i64, chain_head: [u8; 32], time_ms: i64) -> ChainCheckpoint {
+        let sig = self.key.sign(&ChainCheckpoint::signed_bytes(
+            sequence,
+            &chain_head,
+            time_ms,
+        ));
+        ChainCheckpoint {
             sequence,
             chain_head,
             time_ms,
@@ -295,7 +300,7 @@ impl PublicKey {
     }
 
     /// Whether `c` carries a valid signature by this key.
-    pub fn verify(&self, c: &Checkpoint) -> Result<(), String> {
+    pub fn verify(&self, c: &ChainCheckpoint) -> Result<(), String> {
         let Some((kid, sig)) = &c.signed else {
             return Err("not signed".into());
         };
@@ -307,7 +312,7 @@ impl PublicKey {
         }
         self.key
             .verify(
-                &Checkpoint::signed_bytes(c.sequence, &c.chain_head, c.time_ms),
+                &ChainCheckpoint::signed_bytes(c.sequence, &c.chain_head, c.time_ms),
                 &Signature::from_bytes(sig),
             )
             .map_err(|_| "the signature does not match".to_string())
@@ -325,7 +330,7 @@ impl KeyRing {
     }
 
     /// Whether `c` carries a valid signature by one of the keys.
-    pub fn verify(&self, c: &Checkpoint) -> Result<(), String> {
+    pub fn verify(&self, c: &ChainCheckpoint) -> Result<(), String> {
         let Some((kid, _)) = &c.signed else {
             return Err("not signed".into());
         };
@@ -398,7 +403,7 @@ mod tests {
     fn checkpoints_round_trip_and_verify() {
         let s = signer();
         let c = s.sign(42, [9; 32], 1_700_000_000_123);
-        let back = Checkpoint::from_json(&c.to_json(), false).unwrap();
+        let back = ChainCheckpoint::from_json(&c.to_json(), false).unwrap();
         assert_eq!(back, c);
         let pk = s.public_key();
         pk.verify(&back).unwrap();
@@ -423,12 +428,12 @@ mod tests {
             .verify(&other)
             .unwrap_err()
             .contains("none of the given keys"));
-        let unsigned = Checkpoint {
+        let unsigned = ChainCheckpoint {
             signed: None,
             ..c.clone()
         };
         assert_eq!(
-            Checkpoint::from_json(&unsigned.to_json(), false).unwrap(),
+            ChainCheckpoint::from_json(&unsigned.to_json(), false).unwrap(),
             unsigned
         );
         assert!(pk.verify(&unsigned).is_err());
@@ -438,9 +443,9 @@ mod tests {
     fn cloudwatch_copies_with_static_fields_parse_leniently() {
         let c = signer().sign(1, [0; 32], 0);
         let with_static = c.to_json().replace('}', r#","cluster":"eu-1"}"#);
-        assert!(Checkpoint::from_json(&with_static, false).is_err());
-        assert_eq!(Checkpoint::from_json(&with_static, true).unwrap(), c);
-        assert!(Checkpoint::from_json(r#"{"type":"event"}"#, true).is_err());
+        assert!(ChainCheckpoint::from_json(&with_static, false).is_err());
+        assert_eq!(ChainCheckpoint::from_json(&with_static, true).unwrap(), c);
+        assert!(ChainCheckpoint::from_json(r#"{"type":"event"}"#, true).is_err());
     }
 
     #[test]

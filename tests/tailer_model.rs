@@ -17,7 +17,7 @@
 mod gen;
 
 use audit_relay::config::SourceConfig;
-use audit_relay::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId};
+use audit_relay::source::checkpoint::{FileId, OffsetUpdate, SourceOffset};
 use audit_relay::source::framing::TRUNCATED_BY_ROTATION;
 use audit_relay::source::tail::FileSource;
 use audit_relay::source::Collector;
@@ -223,7 +223,7 @@ struct Relay {
     source: Option<FileSource>,
     rx: Receiver<AppendBatch>,
     tx: std::sync::mpsc::SyncSender<AppendBatch>,
-    saved: HashMap<FileId, Checkpoint>,
+    saved: HashMap<FileId, SourceOffset>,
     stored: HashMap<String, usize>,
     quarantined: Vec<(String, u64)>,
 }
@@ -271,10 +271,10 @@ impl Relay {
             }
             for c in b.checkpoints {
                 match c {
-                    CheckpointUpdate::Save(cp) => {
+                    OffsetUpdate::Save(cp) => {
                         self.saved.insert(cp.file, cp);
                     }
-                    CheckpointUpdate::Forget(id) => {
+                    OffsetUpdate::Forget(id) => {
                         self.saved.remove(&id);
                     }
                 }

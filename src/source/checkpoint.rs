@@ -2,7 +2,7 @@
 //!
 //! A file is identified by device + inode, confirmed by a fingerprint of its first
 //! bytes: an inode number reused by a new file after the old one was deleted is not
-//! taken for the old file. A [`Checkpoint`] says where reading resumes; it is stored in
+//! taken for the old file. A [`SourceOffset`] says where reading resumes; it is stored in
 //! the spool in the same transaction as the events read up to it.
 
 use super::framing::Resume;
@@ -82,9 +82,11 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Where reading of one file resumes.
+/// Where reading of one file resumes: a source's checkpoint, stored in the spool's
+/// `checkpoints` table in the commit of the events read up to it. (Not to be confused
+/// with [`crate::integrity::ChainCheckpoint`], the signed head of the hash chain.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
+pub struct SourceOffset {
     pub file: FileId,
     pub fingerprint: Fingerprint,
     /// The path the file was last seen at (for operators; identity is `file`).
@@ -92,10 +94,10 @@ pub struct Checkpoint {
     pub resume: Resume,
 }
 
-/// A change to the stored checkpoints, committed with the events before it.
+/// A change to the stored source offsets, committed with the events before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckpointUpdate {
-    Save(Checkpoint),
+pub enum OffsetUpdate {
+    Save(SourceOffset),
     /// The file is gone and fully read.
     Forget(FileId),
 }

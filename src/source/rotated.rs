@@ -16,7 +16,7 @@
 //! entry with the right inode number, once per checkpoint at start: nothing on the
 //! idle path.
 
-use super::checkpoint::{Checkpoint, FileId};
+use super::checkpoint::{FileId, SourceOffset};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::DirEntryExt;
@@ -55,7 +55,7 @@ pub fn search_dirs(last_path: &str, watched: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Looks for the file of `cp` in `dirs` (see the module doc).
-pub fn find(cp: &Checkpoint, dirs: &[PathBuf]) -> Found {
+pub fn find(cp: &SourceOffset, dirs: &[PathBuf]) -> Found {
     let mut unsearchable = None;
     for dir in dirs {
         let entries = match std::fs::read_dir(dir) {
@@ -82,7 +82,7 @@ pub fn find(cp: &Checkpoint, dirs: &[PathBuf]) -> Found {
 }
 
 /// The file at `path`, opened, if it is the checkpoint's file and can resume there.
-fn same_file(cp: &Checkpoint, path: &Path) -> Option<File> {
+fn same_file(cp: &SourceOffset, path: &Path) -> Option<File> {
     let file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
     let same = meta.is_file()
@@ -99,9 +99,9 @@ mod tests {
     use crate::source::framing::Resume;
     use std::io::Write;
 
-    fn checkpoint_of(path: &Path, offset: u64) -> Checkpoint {
+    fn checkpoint_of(path: &Path, offset: u64) -> SourceOffset {
         let f = File::open(path).unwrap();
-        Checkpoint {
+        SourceOffset {
             file: FileId::of(&f.metadata().unwrap()),
             fingerprint: Fingerprint::read(&f).unwrap(),
             path: path.display().to_string(),

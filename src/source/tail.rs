@@ -26,7 +26,7 @@
 //!   with the path and offset, counted (`audit_relay_source_files_lost_total`), and the
 //!   checkpoint is forgotten.
 
-use super::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
+use super::checkpoint::{FileId, Fingerprint, OffsetUpdate, SourceOffset};
 use super::framing::{Deframer, Resume, ResumeMode};
 use super::rotated::{self, Found};
 use super::watch::{static_prefix_dir, watch_dirs};
@@ -100,8 +100,8 @@ impl Tailed {
         }
     }
 
-    fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
+    fn checkpoint(&self) -> SourceOffset {
+        SourceOffset {
             file: self.id,
             fingerprint: self.fp,
             path: self.name.clone(),
@@ -115,7 +115,7 @@ pub struct FileSource {
     cfg: SourceConfig,
     patterns: Vec<String>,
     files: Vec<Tailed>,
-    saved: HashMap<FileId, Checkpoint>,
+    saved: HashMap<FileId, SourceOffset>,
     first_scan: bool,
     out: Collector,
     cancel: CancellationToken,
@@ -175,7 +175,7 @@ impl FileSource {
     /// A source over the file patterns of `cfg`, resuming from `saved` checkpoints.
     pub fn new(
         cfg: &SourceConfig,
-        saved: Vec<Checkpoint>,
+        saved: Vec<SourceOffset>,
         out: Collector,
         cancel: CancellationToken,
         paused: Arc<AtomicBool>,
@@ -336,7 +336,7 @@ impl FileSource {
     /// checkpoints of those that are gone.
     fn open_rotated(&mut self, matched: &HashSet<FileId>) {
         let watched: Vec<PathBuf> = self.patterns.iter().map(|p| static_prefix_dir(p)).collect();
-        let mut unmatched: Vec<Checkpoint> = self
+        let mut unmatched: Vec<SourceOffset> = self
             .saved
             .values()
             .filter(|cp| !matched.contains(&cp.file))
@@ -366,7 +366,7 @@ impl FileSource {
                     );
                     self.lost.fetch_add(1, Ordering::Relaxed);
                     let batch = self.out.batch_mut();
-                    batch.checkpoints.push(CheckpointUpdate::Forget(cp.file));
+                    batch.checkpoints.push(OffsetUpdate::Forget(cp.file));
                 }
                 // Kept in `saved`: should the file come back into the patterns, it resumes.
                 Found::Unsearchable(dir, e) => tracing::warn!(
@@ -540,7 +540,7 @@ impl FileSource {
                 let out = &mut self.out;
                 t.de.finish_rotated(&mut |f| out.frame(f, &t.name));
                 let batch = self.out.batch_mut();
-                batch.checkpoints.push(CheckpointUpdate::Forget(t.id));
+                batch.checkpoints.push(OffsetUpdate::Forget(t.id));
             } else {
                 k += 1;
             }
@@ -555,7 +555,7 @@ impl FileSource {
                 self.out
                     .batch_mut()
                     .checkpoints
-                    .push(CheckpointUpdate::Save(cp));
+                    .push(OffsetUpdate::Save(cp));
                 t.dirty = false;
             }
         }

@@ -3,7 +3,7 @@
 
 use super::ledger::LEDGER_ACTION;
 use super::sqlite::{now_ms, Spool, SpoolError};
-use crate::integrity::{chain_hash, Canonical, Checkpoint, Signer, CHECKPOINT_ORG, GENESIS};
+use crate::integrity::{chain_hash, Canonical, ChainCheckpoint, Signer, CHECKPOINT_ORG, GENESIS};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 
@@ -188,10 +188,10 @@ impl Spool {
         &mut self,
         signer: Option<&Signer>,
         time_ms: i64,
-    ) -> Result<Checkpoint, SpoolError> {
+    ) -> Result<ChainCheckpoint, SpoolError> {
         let cp = match signer {
             Some(s) => s.sign(self.last_seq, self.head, time_ms),
-            None => Checkpoint {
+            None => ChainCheckpoint {
                 sequence: self.last_seq,
                 chain_head: self.head,
                 time_ms,
@@ -215,7 +215,7 @@ impl Spool {
     }
 
     /// The newest checkpoint row: its sequence number and content.
-    pub fn last_checkpoint(&self) -> Result<Option<(i64, Checkpoint)>, SpoolError> {
+    pub fn last_checkpoint(&self) -> Result<Option<(i64, ChainCheckpoint)>, SpoolError> {
         let row: Option<(i64, String)> = self
             .conn
             .query_row(
@@ -226,7 +226,7 @@ impl Spool {
             .optional()?;
         match row {
             None => Ok(None),
-            Some((seq, body)) => Checkpoint::from_json(&body, false)
+            Some((seq, body)) => ChainCheckpoint::from_json(&body, false)
                 .map(|c| Some((seq, c)))
                 .map_err(|reason| SpoolError::Corrupt { seq, reason }),
         }

@@ -65,7 +65,7 @@ pub use sqlite::{Spool, SpoolError, FORWARD_CURSOR};
 pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
 
 use crate::event::Event;
-use crate::source::checkpoint::CheckpointUpdate;
+use crate::source::checkpoint::OffsetUpdate;
 use serde::Serialize;
 
 /// What one source hands to the spool in one piece: events and the checkpoints that
@@ -78,7 +78,7 @@ pub struct AppendBatch {
     pub read: u64,
     /// Records that were not audit events.
     pub skipped: u64,
-    pub checkpoints: Vec<CheckpointUpdate>,
+    pub checkpoints: Vec<OffsetUpdate>,
 }
 
 impl AppendBatch {

@@ -5,7 +5,7 @@ use crate::config::Durability;
 use crate::event::{format_timestamp_ms, Event};
 use crate::integrity::{chain_hash, link, Canonical, CHECKPOINT_ORG};
 use crate::query::Query;
-use crate::source::checkpoint::{Checkpoint, CheckpointUpdate, FileId, Fingerprint};
+use crate::source::checkpoint::{FileId, Fingerprint, OffsetUpdate, SourceOffset};
 use crate::source::framing::{Resume, ResumeMode};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::HashMap;
@@ -310,12 +310,12 @@ impl Spool {
     }
 
     /// The stored source checkpoints.
-    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, SpoolError> {
+    pub fn checkpoints(&self) -> Result<Vec<SourceOffset>, SpoolError> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, fp_len, fp_hash, path, offset, mode, replay_until FROM checkpoints",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(Checkpoint {
+            Ok(SourceOffset {
                 file: FileId {
                     dev: r.get::<_, i64>(0)? as u64,
                     ino: r.get::<_, i64>(1)? as u64,
@@ -430,7 +430,7 @@ impl Spool {
         }
         for cp in &batch.checkpoints {
             match cp {
-                CheckpointUpdate::Save(c) => {
+                OffsetUpdate::Save(c) => {
                     self.conn
                         .prepare_cached(
                             "INSERT OR REPLACE INTO checkpoints(dev, ino, fp_len, fp_hash, path, offset, mode, replay_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -446,7 +446,7 @@ impl Spool {
                             c.resume.replay_until as i64
                         ])?;
                 }
-                CheckpointUpdate::Forget(id) => {
+                OffsetUpdate::Forget(id) => {
                     self.conn
                         .prepare_cached("DELETE FROM checkpoints WHERE dev = ?1 AND ino = ?2")?
                         .execute(params![id.dev as i64, id.ino as i64])?;

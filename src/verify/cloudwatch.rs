@@ -25,7 +25,7 @@ use super::Options;
 use crate::config::CloudWatchConfig;
 use crate::forward::cloudwatch::CloudWatch;
 use crate::forward::message::MessageFormat;
-use crate::integrity::{to_hex, Checkpoint};
+use crate::integrity::{to_hex, ChainCheckpoint};
 use crate::spool::{ChainMeta, ChainRow, Spool, SpoolError};
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -133,7 +133,7 @@ pub struct Comparison {
     scratch: Connection,
     pending: u64,
     /// Covered sequence → every checkpoint message found for it (re-sends, or forgeries).
-    checkpoints: BTreeMap<i64, Vec<Checkpoint>>,
+    checkpoints: BTreeMap<i64, Vec<ChainCheckpoint>>,
     report: CloudWatchReport,
 }
 
@@ -174,7 +174,7 @@ impl Comparison {
         let head: Option<Head> = serde_json::from_str(message).ok();
         match head {
             Some(Head { kind: Some(k), .. }) if k == "checkpoint" => {
-                match Checkpoint::from_json(message, true) {
+                match ChainCheckpoint::from_json(message, true) {
                     Ok(c) => {
                         report.checkpoints += 1;
                         self.checkpoints.entry(c.sequence).or_default().push(c);
@@ -444,7 +444,7 @@ fn check_checkpoint(
     meta: &ChainMeta,
     cutoff: Option<i64>,
     seq: i64,
-    c: &Checkpoint,
+    c: &ChainCheckpoint,
     report: &mut CloudWatchReport,
 ) -> Result<Option<i64>, SpoolError> {
     if let Some(key) = &opts.public_key {

@@ -1,7 +1,7 @@
 //! `audit-relay verify`: checks the spool against its hash chain and its signed checkpoints,
 //! and reports the first broken sequence number with what broke.
 
-use crate::integrity::{to_hex, Checkpoint, KeyRing, GENESIS};
+use crate::integrity::{to_hex, ChainCheckpoint, KeyRing, GENESIS};
 use crate::spool::{ChainMeta, ChainRow, LedgerEntry, Spool, SpoolError};
 use serde::Serialize;
 use std::fmt;
@@ -231,7 +231,7 @@ impl Walk<'_> {
     }
 
     fn checkpoint(&mut self, r: &ChainRow) -> ControlFlow<()> {
-        let cp = match Checkpoint::from_json(&r.body, false) {
+        let cp = match ChainCheckpoint::from_json(&r.body, false) {
             Ok(c) => c,
             Err(e) => {
                 return self.brk(
@@ -391,7 +391,7 @@ fn verify_snapshot(spool: &Spool, opts: &Options) -> Result<Report, SpoolError> 
         if let Some(cp_row) = spool.checkpoint_at_or_before(from)?.filter(|c| *c > start) {
             let mut anchor = None;
             spool.chain_each(cp_row, cp_row, |r| {
-                anchor = Checkpoint::from_json(&r.body, false).ok();
+                anchor = ChainCheckpoint::from_json(&r.body, false).ok();
                 ControlFlow::Break(())
             })?;
             if let Some(cp) = anchor {
