@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::gen;
+use support::{events_stored, gen};
 
 struct Args {
     runs: usize,
@@ -58,21 +58,6 @@ const FILES: [&str; 3] = ["a.log", "b.log", "c.log"];
 const PER_FILE: u64 = 1000;
 /// USER_HZ: the unit of the times in `/proc/PID/stat`.
 const TICKS: f64 = 100.0;
-
-fn events_stored(db: &Path) -> u64 {
-    let Ok(c) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    c.query_row(
-        "SELECT value FROM counters WHERE name = 'events'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|v| v as u64)
-    .unwrap_or(0)
-}
 
 /// utime + stime (ticks) from a `stat` file's text.
 fn cpu_ticks(stat: &str) -> u64 {

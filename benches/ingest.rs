@@ -19,9 +19,9 @@
 
 mod support;
 
-use support::gen;
 #[allow(unused_imports)]
 use support::{decode_event, fill_spool, fill_spool_with, now_ms, status_kib};
+use support::{events_stored, gen};
 
 use audit_relay::config::Durability;
 use audit_relay::spool::{AppendBatch, Spool};
@@ -99,21 +99,6 @@ fn purged(db: &Path) -> u64 {
             })
         })
         .unwrap_or(0) as u64
-}
-
-fn events_stored(db: &Path) -> u64 {
-    let Ok(c) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    c.query_row(
-        "SELECT value FROM counters WHERE name = 'events'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|v| v as u64)
-    .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) per thread name of a process.
