@@ -362,7 +362,7 @@ impl SpoolWriter {
         self.txn.batches.extend(batch);
         self.txn.progress.extend(progress);
         match r {
-            Err(e) if Spool::is_disk_trouble(&e) => self.recover(e),
+            Err(e) if e.is_transient() => self.recover(e),
             r => r,
         }
     }
@@ -378,7 +378,7 @@ impl SpoolWriter {
         })();
         match r {
             Ok(()) => {}
-            Err(e) if Spool::is_disk_trouble(&e) => return self.recover(e),
+            Err(e) if e.is_transient() => return self.recover(e),
             Err(e) => return Err(e),
         }
         tracing::debug!(
@@ -432,13 +432,9 @@ impl SpoolWriter {
         let mut stopped_at: Option<Instant> = None;
         let mut last = first;
         loop {
-            self.spool.rollback().or_else(|e| {
-                if Spool::is_disk_trouble(&e) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+            self.spool
+                .rollback()
+                .or_else(|e| if e.is_transient() { Ok(()) } else { Err(e) })?;
             self.uncovered = self.txn.uncovered;
             self.last_checkpoint = self.txn.last_checkpoint;
             if self.stop.is_cancelled() {
@@ -470,7 +466,7 @@ impl SpoolWriter {
                     self.committed();
                     return Ok(());
                 }
-                Err(e) if Spool::is_disk_trouble(&e) => {
+                Err(e) if e.is_transient() => {
                     tracing::debug!(error = %e, attempts, "spool still not writable");
                     last = e;
                 }
@@ -534,7 +530,7 @@ impl SpoolWriter {
     fn checkpoint(&mut self) -> Result<(), SpoolError> {
         let cp = self
             .spool
-            .write_checkpoint(self.upkeep.signer.as_deref(), super::sqlite::now_ms())?;
+            .write_checkpoint(self.upkeep.signer.as_deref(), super::now_ms())?;
         tracing::debug!(
             sequence = cp.sequence,
             signed = cp.signed.is_some(),
@@ -561,7 +557,7 @@ impl SpoolWriter {
                 return Ok(());
             }
             self.last_purge_check = Some(Instant::now());
-            let cutoff_ms = super::sqlite::now_ms() - self.upkeep.retention.as_millis() as i64;
+            let cutoff_ms = super::now_ms() - self.upkeep.retention.as_millis() as i64;
             let forwarded = match &self.upkeep.forward_cursors {
                 Some(c) => Some(self.spool.min_cursor(c)?),
                 None => None,
@@ -590,7 +586,7 @@ impl SpoolWriter {
             p.run,
         ) {
             Ok(step) => step,
-            Err(e) if Spool::is_disk_trouble(&e) => {
+            Err(e) if e.is_transient() => {
                 // Deleting needs room in the WAL too; try again later, nothing is lost.
                 self.spool.rollback()?;
                 tracing::warn!(error = %e, "retention could not delete (disk full or failing); trying again in 10 s");
@@ -818,7 +814,8 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("the writer ignored the stop signal while the disk was full");
         assert!(
-            Spool::is_disk_trouble(&r.expect_err("an error: not everything is committed")),
+            r.expect_err("an error: not everything is committed")
+                .is_transient(),
             "the disk error"
         );
         assert!(stopped.elapsed() < Duration::from_secs(5));

@@ -26,8 +26,7 @@ use crate::config::CloudWatchConfig;
 use crate::forward::cloudwatch::CloudWatch;
 use crate::forward::message::MessageFormat;
 use crate::integrity::{to_hex, ChainCheckpoint};
-use crate::spool::{ChainMeta, ChainRow, Spool, SpoolError};
-use rusqlite::{params, Connection};
+use crate::spool::{ChainMeta, ChainRow, MessageIndex, Spool, SpoolError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -37,8 +36,6 @@ use std::ops::ControlFlow;
 const LIST_MAX: usize = 20;
 /// Page cache of the comparison's temporary database: what it keeps in memory at most.
 const SCRATCH_CACHE_KIB: i64 = 32 * 1024;
-/// Messages inserted per transaction of the temporary database.
-const SCRATCH_TXN_ROWS: u64 = 50_000;
 /// CloudWatch takes events up to 2 hours in the future: a purged event may be stamped
 /// that much later than the checkpoint that retention cut at.
 const FUTURE_SLACK_MS: i64 = 2 * 3_600_000;
@@ -122,7 +119,7 @@ pub enum CompareError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("verify --cloudwatch: its temporary database: {0}")]
-    Scratch(#[from] rusqlite::Error),
+    Scratch(SpoolError),
 }
 
 /// Compares what CloudWatch holds with the spool, in bounded memory: feed every message
@@ -130,8 +127,7 @@ pub enum CompareError {
 pub struct Comparison {
     /// A private temporary database (deleted when closed) holding one row per event
     /// message: `(ts, id, id_text, digest)`.
-    scratch: Connection,
-    pending: u64,
+    scratch: MessageIndex,
     /// Covered sequence → every checkpoint message found for it (re-sends, or forgeries).
     checkpoints: BTreeMap<i64, Vec<ChainCheckpoint>>,
     report: CloudWatchReport,
@@ -139,20 +135,9 @@ pub struct Comparison {
 
 impl Comparison {
     pub fn new(group: &str, streams: &[String]) -> Result<Comparison, CompareError> {
-        // An empty name: SQLite's private temporary database, spilled to a temporary file
-        // beyond its page cache.
-        let scratch = Connection::open("")?;
-        scratch.pragma_update(None, "cache_size", -SCRATCH_CACHE_KIB)?;
-        scratch.pragma_update(None, "journal_mode", "OFF")?;
-        scratch.pragma_update(None, "synchronous", "OFF")?;
-        scratch.pragma_update(None, "temp_store", "FILE")?;
-        scratch.execute_batch(
-            "CREATE TABLE cw(ts INTEGER NOT NULL, id BLOB NOT NULL, id_text TEXT NOT NULL, digest BLOB NOT NULL);
-             BEGIN;",
-        )?;
+        let scratch = MessageIndex::new(SCRATCH_CACHE_KIB).map_err(CompareError::Scratch)?;
         Ok(Comparison {
             scratch,
-            pending: 0,
             checkpoints: BTreeMap::new(),
             report: CloudWatchReport {
                 group: group.to_string(),
@@ -187,23 +172,10 @@ impl Comparison {
                 }
             }
             Some(Head { id: Some(id), .. }) => match uuid::Uuid::parse_str(&id) {
-                Ok(uuid) => {
-                    self.scratch
-                        .prepare_cached(
-                            "INSERT INTO cw(ts, id, id_text, digest) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![
-                            ts,
-                            uuid.as_bytes().as_slice(),
-                            id,
-                            digest(message).as_slice()
-                        ])?;
-                    self.pending += 1;
-                    if self.pending >= SCRATCH_TXN_ROWS {
-                        self.scratch.execute_batch("COMMIT; BEGIN;")?;
-                        self.pending = 0;
-                    }
-                }
+                Ok(uuid) => self
+                    .scratch
+                    .add(ts, &uuid, &id, &digest(message))
+                    .map_err(CompareError::Scratch)?,
                 // Every stored id is a UUID: this one was never stored.
                 Err(_) => report.added.push(Finding {
                     seq: None,
@@ -236,16 +208,13 @@ impl Comparison {
         format: &MessageFormat,
         cursor: i64,
     ) -> Result<CloudWatchReport, CompareError> {
-        self.scratch
-            .execute_batch("COMMIT; CREATE INDEX cw_key ON cw(ts, id);")?;
+        self.scratch.seal().map_err(CompareError::Scratch)?;
         let meta = spool.chain_meta()?;
         let now = opts.now_ms();
         let cutoff = opts.retention.map(|r| now - r.as_millis() as i64);
         self.check_checkpoints(spool, opts, &meta, cutoff)?;
-        // One transaction for the walk's deletes (matched messages leave the scratch db).
-        self.scratch.execute_batch("BEGIN")?;
+        // Matched messages leave the scratch index as the walk goes.
         self.check_events(spool, opts, &meta, format, cursor)?;
-        self.scratch.execute_batch("COMMIT")?;
         if opts.from.is_none() && opts.to.is_none() {
             self.added(&meta, cutoff)?;
         }
@@ -337,18 +306,14 @@ impl Comparison {
 
     /// What is left in the scratch database is in CloudWatch but not in the spool.
     fn added(&mut self, meta: &ChainMeta, cutoff: Option<i64>) -> Result<(), CompareError> {
-        let mut stmt = self
-            .scratch
-            .prepare("SELECT ts, min(id_text), count(*) FROM cw GROUP BY ts, id ORDER BY ts, id")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let (ts, id, copies): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        let report = &mut self.report;
+        let left = self.scratch.each_left(|ts, id, copies| {
             // Retention deletes events whose next checkpoint is past the window: an event
             // younger than that (give or take CloudWatch's 2 hours) was not its doing.
             let old_enough = cutoff.is_none_or(|c| ts < c + FUTURE_SLACK_MS);
             if meta.purged_through > 0 && ts <= meta.purged_max_ts && old_enough {
-                self.report.older_than_spool += copies as u64;
-                continue;
+                report.older_than_spool += copies;
+                return;
             }
             let detail = if meta.purged_through > 0 && ts <= meta.purged_max_ts {
                 format!(
@@ -362,20 +327,20 @@ impl Comparison {
                     crate::event::format_timestamp_ms(ts)
                 )
             };
-            self.report.added.push(Finding {
+            report.added.push(Finding {
                 seq: None,
                 id: Some(id),
                 detail,
             });
-        }
-        Ok(())
+        });
+        left.map_err(CompareError::Scratch)
     }
 }
 
 /// Checks one spool event against the messages CloudWatch holds for its (time, id), and
 /// takes them out of the scratch database.
 fn check_event(
-    scratch: &Connection,
+    scratch: &MessageIndex,
     spool: &Spool,
     format: &MessageFormat,
     cursor: i64,
@@ -386,15 +351,10 @@ fn check_event(
         .map(|u| u.to_string())
         .unwrap_or_default();
     let expected = digest(&format.render(&r.body, r.ts_ms).0);
-    let copies: Vec<Vec<u8>> = {
-        let mut stmt = scratch.prepare_cached("SELECT digest FROM cw WHERE ts = ?1 AND id = ?2")?;
-        let rows = stmt.query_map(params![r.ts_ms, r.id], |x| x.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let copies = scratch
+        .take(r.ts_ms, &r.id)
+        .map_err(CompareError::Scratch)?;
     if !copies.is_empty() {
-        scratch
-            .prepare_cached("DELETE FROM cw WHERE ts = ?1 AND id = ?2")?
-            .execute(params![r.ts_ms, r.id])?;
         if copies.iter().all(|d| d.as_slice() == expected) {
             report.matched += 1;
             report.resent += copies.len() as u64 - 1;

@@ -628,3 +628,142 @@ fn diagnose(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Durability, Envelope};
+    use crate::event::{decode, format_timestamp_ms, Decoded};
+    use crate::spool::AppendBatch;
+
+    fn spool_with(n: u128, checkpoint_every: u128) -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        for i in 1..=n {
+            let line = serde_json::json!({
+                "id": uuid::Uuid::from_u128(i).to_string(),
+                "timestamp": format_timestamp_ms(1_000 + i as i64), "action": "startWorkspace",
+                "organizationId": "o", "actorId": "a", "args": [],
+            })
+            .to_string();
+            let Decoded::Event(e) = decode(line.as_bytes(), Envelope::Event) else {
+                panic!("decodes")
+            };
+            s.begin().unwrap();
+            s.write(&AppendBatch {
+                events: vec![e],
+                ..Default::default()
+            })
+            .unwrap();
+            if i % checkpoint_every == 0 {
+                s.write_checkpoint(None, 2_000 + i as i64).unwrap();
+            }
+            s.commit().unwrap();
+        }
+        (dir, s)
+    }
+
+    fn meta(last_seq: i64, head: [u8; 32]) -> ChainMeta {
+        ChainMeta {
+            last_seq,
+            head: Some(head),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_untouched_spool_verifies_and_counts_its_rows() {
+        let (_dir, s) = spool_with(10, 5);
+        let r = verify_spool(&s, &Options::default()).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!((r.rows, r.checkpoints, r.to_seq), (12, 2, 12));
+        assert_eq!(
+            r.covered_through, 11,
+            "the second checkpoint covers seq 1..=11"
+        );
+        assert_eq!(r.anchor, "genesis");
+    }
+
+    #[test]
+    fn a_range_starts_at_the_checkpoint_before_it() {
+        let (_dir, s) = spool_with(10, 5);
+        let opts = Options {
+            from: Some(8),
+            ..Default::default()
+        };
+        let r = verify_spool(&s, &opts).unwrap();
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.anchor, "checkpoint at seq 6");
+    }
+
+    #[test]
+    fn tail_tells_a_cut_tail_a_forwarded_tail_and_a_rewritten_head() {
+        let head = [7u8; 32];
+        let mut r = Report {
+            to_seq: 10,
+            ..Default::default()
+        };
+        tail(&meta(10, head), &head, &mut r);
+        assert!(r.ok(), "the end matches what the writer recorded");
+
+        tail(&meta(12, head), &head, &mut r);
+        assert_eq!(
+            r.broken.take().map(|b| (b.kind, b.seq)),
+            Some(("tail_cut", 11))
+        );
+
+        let forwarded = ChainMeta {
+            max_cursor: 15,
+            ..meta(10, head)
+        };
+        tail(&forwarded, &head, &mut r);
+        let b = r.broken.take().expect("forwarded past the end");
+        assert!(
+            b.detail.contains("up to seq 15 were forwarded"),
+            "{}",
+            b.detail
+        );
+
+        tail(&meta(10, [8u8; 32]), &head, &mut r);
+        assert_eq!(
+            r.broken.take().map(|b| (b.kind, b.seq)),
+            Some(("changed", 10))
+        );
+    }
+
+    #[test]
+    fn stale_needs_a_checkpoint_older_than_twice_the_interval() {
+        let opts = Options {
+            checkpoint_interval: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let at = |last_commit_ms| ChainMeta {
+            last_commit_ms,
+            opened_ms: 1_000,
+            ..Default::default()
+        };
+        let mut r = Report::default();
+        stale(&at(1_000 + 120_000), &opts, Some((40, 1_000)), &mut r);
+        assert!(r.ok(), "exactly twice the interval is still on time");
+        stale(&at(1_000 + 120_001), &opts, Some((40, 1_000)), &mut r);
+        assert_eq!(
+            r.broken.take().map(|b| (b.kind, b.seq)),
+            Some(("stale_checkpoint", 41))
+        );
+        // A writer that restarted late checkpoints an interval after its start.
+        let restarted = ChainMeta {
+            opened_ms: 100_000,
+            ..at(1_000 + 200_000)
+        };
+        stale(&restarted, &opts, Some((40, 1_000)), &mut r);
+        assert!(r.ok(), "{:?}", r.broken);
+        // Without the interval, nothing is judged.
+        stale(
+            &at(i64::MAX / 2),
+            &Options::default(),
+            Some((40, 1_000)),
+            &mut r,
+        );
+        assert!(r.ok());
+    }
+}
