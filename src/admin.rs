@@ -14,6 +14,7 @@
 use crate::api::metrics::{ApiMetrics, BUCKETS};
 use crate::forward::forwarder::ForwardHealth;
 use crate::forward::retry::ErrorKind;
+use crate::installation::ship::ShipHealth;
 use crate::spool::Spool;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// How long the installation store may be out of reach before readiness says so.
+const SHIP_DOWN_GRACE_MS: i64 = 10_000;
 /// How long refused credentials may last before readiness fails.
 const AUTH_FAILURE_GRACE_MS: i64 = 60_000;
 
@@ -41,6 +44,8 @@ pub struct Health {
     pub spool_full: Arc<AtomicBool>,
     /// One per forwarder (stream), once they exist.
     pub forward: Mutex<Vec<Arc<ForwardHealth>>>,
+    /// The installation store's shipper, when `[postgres]` is set.
+    pub ship: Mutex<Option<Arc<ShipHealth>>>,
     /// The query API's requests (all zero when it is not served).
     pub api: Arc<ApiMetrics>,
     /// Files matched by `source.paths` that cannot be opened (e.g. permission denied).
@@ -52,7 +57,19 @@ pub struct Health {
 
 impl Health {
     /// Why the relay is not ready; empty when it is.
-    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut r: Vec<String> = self
+            .static_reasons()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if let Some(ship) = self.ship.lock().expect("health").as_ref() {
+            r.extend(ship.not_ready(SHIP_DOWN_GRACE_MS));
+        }
+        r
+    }
+
+    fn static_reasons(&self) -> Vec<&'static str> {
         let mut r = Vec::new();
         if self.migrating.load(Ordering::Relaxed) {
             r.push("migrating");

@@ -240,6 +240,11 @@ impl Signer {
         Signer { key, key_id }
     }
 
+    /// The id of the key (as checkpoints name it).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
     pub fn public_key(&self) -> PublicKey {
         PublicKey {
             key: self.key.verifying_key(),

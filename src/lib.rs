@@ -29,6 +29,7 @@ pub mod api;
 pub mod config;
 pub mod event;
 pub mod forward;
+pub mod installation;
 pub mod integrity;
 pub mod pipeline;
 pub mod query;

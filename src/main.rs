@@ -414,9 +414,29 @@ fn verify(
 
 fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let cursors = audit_relay::forward::cursor_names(config.cloudwatch.as_ref());
-    let s = Spool::open_read_only(&config.spool.dir)?.stats_for(&cursors)?;
+    let spool = Spool::open_read_only(&config.spool.dir)?;
+    let s = spool.stats_for(&cursors)?;
+    // The installation store's cursor as the spool last learned it (the store's own may
+    // be up to one commit ahead).
+    let pg = match &config.postgres {
+        Some(p) => {
+            let name = audit_relay::installation::ship::PG_CURSOR.to_string();
+            let p_stats = spool.stats_for(std::slice::from_ref(&name))?;
+            Some(serde_json::json!({
+                "relay_id": audit_relay::installation::relay_id(p).unwrap_or_else(|e| e),
+                "cursor": p_stats.forwarded_seq,
+                "unshipped": p_stats.unforwarded,
+                "lag_seconds": p_stats.forward_lag_seconds,
+            }))
+        }
+        None => None,
+    };
     if json {
-        println!("{}", serde_json::to_string(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(pg) = &pg {
+            v["postgres"] = pg.clone();
+        }
+        println!("{v}");
     } else {
         println!(
             "events       {} (stored; {} purged by retention)",
@@ -451,6 +471,12 @@ fn stats(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("oldest       {}", s.oldest.as_deref().unwrap_or("-"));
         println!("newest       {}", s.newest.as_deref().unwrap_or("-"));
         println!("bytes        {}", s.bytes);
+        if let Some(pg) = &pg {
+            println!(
+                "postgres     shipped to {} as relay_id {}; {} unshipped (oldest waiting {} s)",
+                pg["cursor"], pg["relay_id"], pg["unshipped"], pg["lag_seconds"]
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

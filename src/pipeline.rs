@@ -14,6 +14,7 @@ use crate::admin::{self, Health};
 use crate::api;
 use crate::config::Config;
 use crate::forward::{self, forwarder::ForwardHealth};
+use crate::installation::ship::{ShipHealth, Shipper, PG_CURSOR};
 use crate::integrity::Signer;
 use crate::source::{stdin, tail::FileSource, Collector};
 use crate::spool::{AppendBatch, ProgressInbox, Spool, SpoolWriter, Upkeep, WriterOptions};
@@ -228,7 +229,7 @@ async fn run_pipeline(
         interval: config.spool.commit_interval.0,
         max_bytes: config.spool.max_bytes.0,
     };
-    let signer = match &config.integrity.signing_key_file {
+    let signer: Option<Arc<Signer>> = match &config.integrity.signing_key_file {
         Some(path) => {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)
@@ -248,16 +249,26 @@ async fn run_pipeline(
             None
         }
     };
+    let key_id = signer.as_ref().map(|s| s.key_id().to_string());
     let upkeep = Upkeep {
         signer,
         checkpoint_every: config.integrity.checkpoint_every,
         checkpoint_interval: config.integrity.checkpoint_interval.0,
         retention: std::time::Duration::from_secs(config.spool.retention_days as u64 * 86_400),
-        forward_cursors: config
-            .cloudwatch
-            .as_ref()
-            .filter(|c| c.enabled)
-            .map(|c| forward::cursor_names(Some(c))),
+        // Retention never purges what a forwarder (CloudWatch, the installation store)
+        // has not finished with.
+        forward_cursors: {
+            let mut c: Vec<String> = config
+                .cloudwatch
+                .as_ref()
+                .filter(|c| c.enabled)
+                .map(|c| forward::cursor_names(Some(c)))
+                .unwrap_or_default();
+            if config.postgres.is_some() {
+                c.push(PG_CURSOR.to_string());
+            }
+            (!c.is_empty()).then_some(c)
+        },
         purge_check: std::time::Duration::from_secs(60),
         purge_chunk: 10_000,
     };
@@ -349,6 +360,38 @@ async fn run_pipeline(
     }
     *health.forward.lock().expect("health") = fwd_health.clone();
 
+    let mut ship_health: Option<Arc<ShipHealth>> = None;
+    if let Some(pg) = &config.postgres {
+        let relay_id = match crate::installation::relay_id(pg) {
+            Ok(id) => id,
+            Err(e) => {
+                stages.root.cancel();
+                return Err(anyhow!(e));
+            }
+        };
+        let h = Arc::new(ShipHealth::default());
+        *health.ship.lock().expect("health") = Some(h.clone());
+        ship_health = Some(h.clone());
+        let shipper = Shipper::new(
+            pg.clone(),
+            relay_id,
+            config.spool.dir.clone(),
+            progress.clone(),
+            forward_cancel.clone(),
+            h,
+            key_id,
+        );
+        forwarders.push(tokio::spawn(shipper.supervised()));
+    }
+    let caught_up = |target: i64| {
+        fwd_health
+            .iter()
+            .all(|h| h.cursor.load(Ordering::Acquire) >= target)
+            && ship_health
+                .as_ref()
+                .is_none_or(|h| h.cursor.load(Ordering::Acquire) >= target)
+    };
+
     let sources_done = async {
         if let Some(h) = stdin_src {
             let _ = h.await;
@@ -377,12 +420,7 @@ async fn run_pipeline(
             up_to_seq = target,
             "input ended; waiting for the forwarder to send everything (SIGTERM to stop now)"
         );
-        let behind = || {
-            fwd_health
-                .iter()
-                .any(|h| h.cursor.load(Ordering::Acquire) < target)
-        };
-        while behind() && !shutdown.is_cancelled() {
+        while !caught_up(target) && !shutdown.is_cancelled() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = shutdown.cancelled() => {}
@@ -396,7 +434,7 @@ async fn run_pipeline(
         if let Some(h) = files {
             let _ = h.await;
         }
-        if !fwd_health.is_empty() {
+        if !forwarders.is_empty() {
             // A last checkpoint over everything read, and a short chance for the forwarders
             // to send it with what is left (a backlog stays in the spool for the next start).
             progress.request_checkpoint();
@@ -405,10 +443,7 @@ async fn run_pipeline(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 let target = progress.committed_seq();
-                while fwd_health
-                    .iter()
-                    .any(|h| h.cursor.load(Ordering::Acquire) < target)
-                {
+                while !caught_up(target) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };

@@ -53,6 +53,10 @@ pub struct ApiConfig {
     pub idle_timeout: HumanDuration,
     /// PEM file with the server certificate chain (leaf first), to serve the API over
     /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
+    /// Where reads are answered from: `spool` (this relay's local spool, the default) or
+    /// `postgres` (the installation store of `[postgres]`: every relay's events).
+    #[serde(default)]
+    pub store: Store,
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
@@ -64,6 +68,15 @@ pub struct ApiConfig {
     /// `[[api.tokens]]`: static operator tokens. Default none.
     #[serde(default)]
     pub tokens: Vec<OperatorTokenConfig>,
+}
+
+/// `api.store`: where the query API reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    #[default]
+    Spool,
+    Postgres,
 }
 
 /// `[api.auth]`: how the platform's JWTs are checked.

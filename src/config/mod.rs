@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cloudwatch;
+pub mod postgres;
 pub mod units;
 
 pub use api::ApiConfig;
@@ -36,6 +37,9 @@ pub struct FileConfig {
     /// `[api]`: the query API; absent: not served.
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// `[postgres]`: the installation store every relay ships to; absent: not shipped.
+    #[serde(default)]
+    pub postgres: Option<postgres::PostgresConfig>,
     /// `[integrity]`: the hash chain's signed checkpoints.
     #[serde(default)]
     pub integrity: IntegrityConfig,
@@ -527,6 +531,15 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
     }
     if let Some(api) = &c.api {
         api::validate(api, &mut problems);
+        if api.store == api::Store::Postgres && c.postgres.is_none() {
+            problems.push(Problem {
+                key: "api.store".into(),
+                message: "\"postgres\" needs a [postgres] section (the installation store to answer from)".into(),
+            });
+        }
+    }
+    if let Some(pg) = &c.postgres {
+        postgres::check(pg, &mut problems);
     }
     if let Some(a) = &c.admin {
         api::validate_limits(

@@ -148,6 +148,106 @@ pub fn classify(f: &Failure) -> (ErrorKind, RetryAction) {
     }
 }
 
+/// A failed PostgreSQL operation (the installation store), by class: counted in
+/// `audit_relay_postgres_errors_total{class}` and deciding how the shipper retries.
+/// Nothing is ever dropped: every class waits and tries again, a permanent one slowly and
+/// with readiness failing, because only an operator can fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PgClass {
+    /// Could not connect, or the connection broke (server down, restarting, network).
+    Connection,
+    /// Serialization failure or deadlock: the transaction may simply be run again.
+    Serialization,
+    /// `too_many_connections`: the server is at `max_connections`.
+    TooManyConnections,
+    /// The server refused the user or password (`postgres.url`, `postgres.password_file`).
+    Auth,
+    /// TLS could not be set up or the certificate was refused (`postgres.sslmode`,
+    /// `postgres.ca_file`).
+    Tls,
+    /// The database's schema is not this build's (newer, or tables missing).
+    Schema,
+    /// The database named in the URL does not exist, or a permission is missing.
+    Config,
+    /// Anything else the server said.
+    Other,
+}
+
+impl PgClass {
+    pub const COUNT: usize = 8;
+    pub const ALL: [PgClass; PgClass::COUNT] = [
+        PgClass::Connection,
+        PgClass::Serialization,
+        PgClass::TooManyConnections,
+        PgClass::Auth,
+        PgClass::Tls,
+        PgClass::Schema,
+        PgClass::Config,
+        PgClass::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PgClass::Connection => "connection",
+            PgClass::Serialization => "serialization",
+            PgClass::TooManyConnections => "too_many_connections",
+            PgClass::Auth => "auth",
+            PgClass::Tls => "tls",
+            PgClass::Schema => "schema",
+            PgClass::Config => "config",
+            PgClass::Other => "other",
+        }
+    }
+
+    /// Whether it may pass by itself (retry soon) rather than need an operator.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            PgClass::Connection | PgClass::Serialization | PgClass::TooManyConnections
+        )
+    }
+
+    /// The config key an operator should look at, for a permanent class.
+    pub fn key(self) -> Option<&'static str> {
+        match self {
+            PgClass::Auth => Some("postgres.url (user) / postgres.password_file"),
+            PgClass::Tls => Some("postgres.sslmode / postgres.ca_file"),
+            PgClass::Config => Some("postgres.url"),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a PostgreSQL failure from its SQLSTATE (when the server sent one) and the
+/// client's message (for failures before or outside the protocol: I/O, TLS).
+pub fn classify_postgres(sqlstate: Option<&str>, message: &str) -> PgClass {
+    match sqlstate {
+        Some(code) if code.starts_with("08") => PgClass::Connection,
+        Some("57P01" | "57P02" | "57P03") => PgClass::Connection,
+        Some("40001" | "40P01") => PgClass::Serialization,
+        Some("53300") => PgClass::TooManyConnections,
+        Some("28P01" | "28000") => {
+            // pg_hba's "no encryption" is a TLS mismatch, not a password problem.
+            if message.contains("no encryption") || message.contains("SSL off") {
+                PgClass::Tls
+            } else {
+                PgClass::Auth
+            }
+        }
+        Some("3D000" | "42501") => PgClass::Config,
+        Some("42P01" | "42703") => PgClass::Schema,
+        Some(_) => PgClass::Other,
+        None => {
+            let m = message.to_ascii_lowercase();
+            if m.contains("tls") || m.contains("ssl") || m.contains("certificate") {
+                PgClass::Tls
+            } else {
+                PgClass::Connection
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +333,52 @@ mod tests {
         ];
         for (f, kind, action) in table {
             assert_eq!(classify(&f), (kind, action), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_failures_are_classified_by_sqlstate_then_message() {
+        use super::{classify_postgres as c, PgClass::*};
+        assert_eq!(c(Some("08006"), "connection failure"), Connection);
+        assert_eq!(
+            c(
+                Some("57P01"),
+                "terminating connection due to administrator command"
+            ),
+            Connection
+        );
+        assert_eq!(
+            c(None, "error connecting to server: Connection refused"),
+            Connection
+        );
+        assert_eq!(
+            c(Some("40001"), "could not serialize access"),
+            Serialization
+        );
+        assert_eq!(
+            c(Some("53300"), "sorry, too many clients already"),
+            TooManyConnections
+        );
+        assert_eq!(c(Some("28P01"), "password authentication failed"), Auth);
+        assert_eq!(c(Some("28000"), "no pg_hba.conf entry for host \"127.0.0.1\", user \"u\", database \"d\", no encryption"), Tls);
+        assert_eq!(
+            c(
+                None,
+                "error performing TLS handshake: invalid peer certificate"
+            ),
+            Tls
+        );
+        assert_eq!(c(None, "server does not support TLS"), Tls);
+        assert_eq!(c(Some("3D000"), "database \"x\" does not exist"), Config);
+        assert_eq!(c(Some("42P01"), "relation does not exist"), Schema);
+        assert_eq!(c(Some("22P02"), "invalid input syntax"), Other);
+        for k in super::PgClass::ALL {
+            assert_eq!(
+                k.is_transient(),
+                matches!(k, Connection | Serialization | TooManyConnections),
+                "{k:?}"
+            );
+            assert_eq!(k.key().is_some(), matches!(k, Auth | Tls | Config), "{k:?}");
         }
     }
 }

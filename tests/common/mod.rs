@@ -8,6 +8,7 @@
 
 pub mod gen;
 pub mod moto;
+pub mod postgres;
 pub mod proxy;
 
 use std::collections::HashSet;

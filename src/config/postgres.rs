@@ -1,0 +1,176 @@
+//! `[postgres]`: the installation store, one PostgreSQL database that every relay of an
+//! installation ships its spool to, and that every relay's query API can answer from.
+
+use super::{HumanDuration, Problem};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[postgres]`. Without this section nothing is shipped and the API answers from the
+/// local spool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL without a password, e.g.
+    /// `postgres://audit_relay@db.internal:5432/audit`. Required.
+    pub url: String,
+    /// A file holding the password (one line; trailing newline ignored). Optional.
+    pub password_file: Option<PathBuf>,
+    /// `verify-full` (TLS; the server's certificate is checked against `ca_file` and its
+    /// host name) or `disable` (no TLS: only on a trusted network). Default `verify-full`.
+    /// libpq's `require` (TLS without checking the certificate) is not offered: it does
+    /// not stop a man in the middle.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) for `verify-full`. Default: the system's roots are not read;
+    /// required with `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// This relay's identity in the store; `{hostname}`, `{pod}`, `{namespace}` are
+    /// replaced as in `cloudwatch.log_stream`. Default `"{hostname}"`. Must be stable for
+    /// the life of the spool (one per spool) and unique in the installation.
+    #[serde(default = "default_relay_id")]
+    pub relay_id: String,
+    /// Days of events the store keeps; older day partitions are dropped. Default 90.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: i64,
+    /// Rows shipped per transaction at most. Default 5000, between 1 and 50000.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// How long connecting may take. Default `"10s"`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Connections of the query API's pool. Default 8.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    VerifyFull,
+}
+
+fn default_relay_id() -> String {
+    "{hostname}".into()
+}
+fn default_retention_days() -> i64 {
+    90
+}
+fn default_batch_rows() -> usize {
+    5000
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_pool_size() -> usize {
+    8
+}
+
+impl PostgresConfig {
+    /// Problems of this section, keys prefixed `postgres.`.
+    pub fn validate(&self, bad: &mut impl FnMut(&str, String)) {
+        match url_password(&self.url) {
+            Err(e) => bad("postgres.url", e),
+            Ok(true) => bad(
+                "postgres.url",
+                "holds a password; put it in the file named by postgres.password_file instead (the URL is logged)".into(),
+            ),
+            Ok(false) => {}
+        }
+        if let Some(f) = &self.password_file {
+            if let Err(e) = std::fs::metadata(f) {
+                bad(
+                    "postgres.password_file",
+                    format!("cannot read {}: {e}", f.display()),
+                );
+            }
+        }
+        if self.sslmode == SslMode::VerifyFull {
+            match &self.ca_file {
+                None => bad(
+                    "postgres.ca_file",
+                    "required with sslmode = \"verify-full\" (the CA that signed the server's certificate, e.g. the RDS bundle); or set sslmode".into(),
+                ),
+                Some(f) => {
+                    if let Err(e) = std::fs::metadata(f) {
+                        bad("postgres.ca_file", format!("cannot read {}: {e}", f.display()));
+                    }
+                }
+            }
+        }
+        if self.relay_id.trim().is_empty() {
+            bad("postgres.relay_id", "must not be empty".into());
+        }
+        if !(1..=36_500).contains(&self.retention_days) {
+            bad(
+                "postgres.retention_days",
+                format!("{} is not between 1 and 36500", self.retention_days),
+            );
+        }
+        if !(1..=50_000).contains(&self.batch_rows) {
+            bad(
+                "postgres.batch_rows",
+                format!("{} is not between 1 and 50000", self.batch_rows),
+            );
+        }
+        if !(1..=256).contains(&self.pool_size) {
+            bad(
+                "postgres.pool_size",
+                format!("{} is not between 1 and 256", self.pool_size),
+            );
+        }
+        if self.connect_timeout.0.is_zero() {
+            bad("postgres.connect_timeout", "must be more than 0".into());
+        }
+    }
+}
+
+/// Whether a `postgres://` URL carries a password; an error when it is no such URL.
+fn url_password(url: &str) -> Result<bool, String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| {
+            format!("{url:?} is not a postgres:// URL (e.g. postgres://audit_relay@db:5432/audit)")
+        })?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(userinfo.is_some_and(|u| u.contains(':')))
+}
+
+/// Validation entry for the whole section (called by the config's validate).
+pub(super) fn check(p: &PostgresConfig, problems: &mut Vec<Problem>) {
+    p.validate(&mut |key, message| {
+        problems.push(Problem {
+            key: key.to_string(),
+            message,
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_the_url_is_refused_and_a_bad_url_named() {
+        assert_eq!(url_password("postgres://u@h:5432/d"), Ok(false));
+        assert_eq!(url_password("postgresql://h/d?sslmode=disable"), Ok(false));
+        assert_eq!(url_password("postgres://u:secret@h/d"), Ok(true));
+        assert!(url_password("mysql://h/d")
+            .unwrap_err()
+            .contains("not a postgres://"));
+        assert!(url_password("postgres:///d")
+            .unwrap_err()
+            .contains("no host"));
+    }
+}
