@@ -354,6 +354,9 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         &one(s.health.source_files_lost.load(Ordering::Relaxed) as f64),
     );
     render_api(&mut o, &s.health.api);
+    if let Some(ship) = s.health.ship.lock().expect("health").clone() {
+        render_ship(&mut o, &ship);
+    }
     let ready = s.health.not_ready_reasons().is_empty();
     metric(
         &mut o,
@@ -415,4 +418,97 @@ fn render_api(o: &mut String, m: &ApiMetrics) {
         let _ = writeln!(o, "{name}_sum{{route=\"{route}\"}} {}", r.sum_seconds);
         let _ = writeln!(o, "{name}_count{{route=\"{route}\"}} {}", r.count);
     }
+}
+
+/// The installation store's shipper: rows shipped, lag, transaction times, errors by class.
+fn render_ship(o: &mut String, h: &ShipHealth) {
+    use crate::forward::retry::PgClass;
+    use crate::installation::ship::TXN_BUCKETS_MS;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let cursor = h.cursor.load(Ordering::Relaxed);
+    let end = h.spool_seq.load(Ordering::Relaxed).max(cursor);
+    let oldest = h.oldest_unshipped_ms.load(Ordering::Relaxed);
+    let lag_s = if oldest == 0 {
+        0.0
+    } else {
+        ((crate::spool::now_ms() - oldest).max(0) / 1000) as f64
+    };
+    let gauges: [(&str, &str, f64); 4] = [
+        (
+            "audit_relay_postgres_connected",
+            "1 while the shipper is connected to the installation store and shipping.",
+            if h.connected.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "audit_relay_postgres_cursor_seq",
+            "The installation store's cursor for this relay: every row up to it is in PostgreSQL.",
+            cursor as f64,
+        ),
+        (
+            "audit_relay_postgres_lag_rows",
+            "Rows of the spool not in the installation store yet.",
+            (end - cursor) as f64,
+        ),
+        (
+            "audit_relay_postgres_lag_seconds",
+            "Age of the oldest row not in the installation store yet (0 when caught up).",
+            lag_s,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        metric(o, name, "gauge", help, &one(v));
+    }
+    metric(
+        o,
+        "audit_relay_postgres_shipped_rows_total",
+        "counter",
+        "Rows shipped to the installation store (events, checkpoints, ledger rows).",
+        &one(load(&h.shipped_rows)),
+    );
+    metric(
+        o,
+        "audit_relay_postgres_duplicate_rows_total",
+        "counter",
+        "Rows whose (timestamp, id) another relay had already stored (kept in audit_duplicates).",
+        &one(load(&h.duplicates)),
+    );
+    metric(
+        o,
+        "audit_relay_postgres_partitions_dropped_total",
+        "counter",
+        "Day partitions this relay's retention dropped (postgres.retention_days).",
+        &one(load(&h.partitions_dropped)),
+    );
+    let by_class: Vec<(String, f64)> = PgClass::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("{{class=\"{}\"}}", c.label()), load(&h.errors[i])))
+        .collect();
+    metric(
+        o,
+        "audit_relay_postgres_errors_total",
+        "counter",
+        "Failed operations on the installation store, by class (each is retried).",
+        &by_class,
+    );
+    let name = "audit_relay_postgres_txn_seconds";
+    let _ = writeln!(o, "# HELP {name} Time of the shipper's transactions.");
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    let mut total = 0u64;
+    for (i, b) in TXN_BUCKETS_MS.iter().enumerate() {
+        total += h.txn_buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {total}", b / 1000.0);
+    }
+    total += h.txn_buckets[TXN_BUCKETS_MS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(
+        o,
+        "{name}_sum {}",
+        h.txn_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(o, "{name}_count {total}");
 }

@@ -43,7 +43,12 @@ enum Command {
     /// Run the relay (the sidecar) until SIGTERM or SIGINT.
     Run,
     /// Validate the config: exit 0 with a summary, or 2 with every problem.
-    CheckConfig,
+    CheckConfig {
+        /// Also connect to the installation store (`[postgres]`): address, password,
+        /// TLS and schema version are checked for real.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Inspect the spool.
     Spool {
         #[command(subcommand)]
@@ -162,12 +167,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { connect } => {
             let mut problems = config
                 .api
                 .as_ref()
                 .map(audit_relay::api::check_files)
                 .unwrap_or_default();
+            if let Some(pg) = &config.postgres {
+                problems.extend(audit_relay::installation::check_blocking(pg, connect));
+            }
             if let Some(path) = &config.integrity.signing_key_file {
                 if let Err(e) = Signer::load(path) {
                     problems.push(e.to_string());

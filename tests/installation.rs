@@ -311,3 +311,217 @@ fn a_second_relay_with_the_same_relay_id_does_not_ship_and_says_why() {
     ra.terminate();
     rb.terminate();
 }
+
+/// `check-config --connect` against `pg` with `[postgres]` lines replaced by `lines`.
+fn check_connect(pg: &Postgres, lines: &str) -> (bool, String) {
+    let h = Harness::new();
+    let mut text = h.config_text(&[], &[]);
+    text.push_str(lines);
+    let _ = pg;
+    h.write_config(&text);
+    let out = h.cli(&["check-config", "--connect"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+#[test]
+fn bad_postgres_settings_fail_check_config_naming_the_key() {
+    let pg = Postgres::start();
+    let pw = pg.password_file().display().to_string();
+    let good = pg.config_section("pod-a", &[]);
+    let (ok, out) = check_connect(&pg, &good);
+    assert!(ok, "the good config passes: {out}");
+
+    // Nothing listens there.
+    let closed = common::moto::free_port();
+    let (ok, out) = check_connect(
+        &pg,
+        &format!("\n[postgres]\nurl = \"postgres://audit@127.0.0.1:{closed}/postgres\"\npassword_file = {pw:?}\nsslmode = \"disable\"\n"),
+    );
+    assert!(!ok && out.contains("postgres.url"), "{out}");
+
+    // A wrong password.
+    let wrong = pg.dir().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let (ok, out) = check_connect(
+        &pg,
+        &format!(
+            "\n[postgres]\nurl = {:?}\npassword_file = {:?}\nsslmode = \"disable\"\n",
+            pg.url(),
+            wrong.display().to_string()
+        ),
+    );
+    assert!(
+        !ok && out.contains("password authentication failed")
+            && out.contains("postgres.password_file"),
+        "{out}"
+    );
+
+    // TLS required, but the server has none.
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca_file = pg.dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let (ok, out) = check_connect(
+        &pg,
+        &format!("\n[postgres]\nurl = {:?}\npassword_file = {pw:?}\nsslmode = \"verify-full\"\nca_file = {:?}\n", pg.url(), ca_file.display().to_string()),
+    );
+    assert!(!ok && out.contains("postgres.sslmode"), "{out}");
+
+    // A password in the URL is refused without connecting.
+    let (ok, out) = check_connect(
+        &pg,
+        &format!("\n[postgres]\nurl = \"postgres://audit:{}@127.0.0.1:{}/postgres\"\nsslmode = \"disable\"\n", common::postgres::PASSWORD, pg.port),
+    );
+    assert!(
+        !ok && out.contains("postgres.url") && out.contains("password_file"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(common::postgres::PASSWORD),
+        "the password is not echoed: {out}"
+    );
+
+    // A schema newer than this build's.
+    let mut c = pg.client();
+    c.batch_execute(
+        "CREATE TABLE audit_schema_version(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), by_relay text NOT NULL);
+         INSERT INTO audit_schema_version(version, by_relay) VALUES (99, 'from-the-future');",
+    )
+    .unwrap();
+    let (ok, out) = check_connect(&pg, &good);
+    assert!(
+        !ok && out.contains("version 99") && out.contains("postgres.url"),
+        "{out}"
+    );
+    // And a relay refuses to migrate it: it keeps its spool, fails readiness, says why.
+    let h = relay(&pg, "pod-a", &[]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        common::moto::free_port()
+    ));
+    h.write_config(&text);
+    let (_, lines) = server_lines(&mut gen::Gen::new(5), 0, 5);
+    write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    let mut r = h.start();
+    h.wait_events(&mut r, 5);
+    wait_for(
+        "the relay says the schema is newer",
+        DEADLINE,
+        || r.log().contains("newer than this build's"),
+        &[&r],
+    );
+    let admin = common::admin_addr(&r);
+    wait_for(
+        "readiness names the store",
+        DEADLINE,
+        || {
+            let (code, body) = common::http_get(&admin, "/readyz");
+            code == 503
+                && body.contains("not shipping to PostgreSQL")
+                && body.contains("version 99")
+        },
+        &[&r],
+    );
+    let v: i64 = pg.query_i64("SELECT max(version)::int8 FROM audit_schema_version");
+    assert_eq!(v, 99, "the newer schema was not touched");
+    r.terminate();
+}
+
+#[test]
+fn postgres_down_for_30_s_stops_nothing_else_and_the_backlog_drains_after() {
+    use common::moto::{cloudwatch_section, start_relay, Moto, HOSTNAME};
+    let moto = Moto::start();
+    let pg = Postgres::start();
+    let h = Harness::new();
+    let admin = common::moto::free_port();
+    let text = h.config_text(&[], &[])
+        + &cloudwatch_section(&moto.endpoint(), "/audit/pg-down", &[])
+        + &pg.config_section("pod-a", &["retention_days = 36500"])
+        + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    h.write_config(&text);
+    let mut r = start_relay(&h);
+    let mut g = gen::Gen::new(21);
+    let mut f = common::append_to(&h.log("server.log"));
+    let mut all: HashSet<String> = HashSet::new();
+    // Ten minutes ago: CloudWatch takes them.
+    let t0 = common::moto::now_ms() - common::BASE_MS - 600_000;
+    let (ids, lines) = server_lines(&mut g, t0, 1_000);
+    all.extend(ids);
+    write_lines(&mut f, &lines);
+    let shipped = |pg: &Postgres| {
+        pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''")
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the first 1000 shipped",
+        DEADLINE,
+        || shipped(&pg) == 1_000,
+        &[&r],
+    );
+
+    pg.stop_immediate();
+    let down = Instant::now();
+    // 30 s without PostgreSQL: events keep arriving, are stored and reach CloudWatch.
+    let mut written = 1_000;
+    while down.elapsed() < Duration::from_secs(30) {
+        let (ids, lines) = server_lines(&mut g, t0 + written as i64, 500);
+        all.extend(ids);
+        write_lines(&mut f, &lines);
+        written += 500;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    h.wait_events(&mut r, written as u64);
+    let in_cloudwatch = || {
+        moto.events("/audit/pg-down", HOSTNAME)
+            .iter()
+            .filter(|e| !e.is_checkpoint())
+            .count()
+    };
+    wait_for(
+        "CloudWatch got everything while PostgreSQL was down",
+        DEADLINE,
+        || in_cloudwatch() == written,
+        &[&r],
+    );
+    let (code, body) = common::http_get(&format!("127.0.0.1:{admin}"), "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not shipping to PostgreSQL"), "{body}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&h.cli_ok(&["spool", "stats", "--json"])).unwrap();
+    assert!(
+        stats["postgres"]["unshipped"].as_u64().unwrap() >= (written - 1_000) as u64,
+        "the backlog is visible: {stats}"
+    );
+
+    pg.start_again();
+    wait_for(
+        "the backlog drains into PostgreSQL",
+        Duration::from_secs(60),
+        || shipped(&pg) == written as i64,
+        &[&r],
+    );
+    wait_for(
+        "ready again",
+        DEADLINE,
+        || common::http_get(&format!("127.0.0.1:{admin}"), "/readyz").0 == 200,
+        &[&r],
+    );
+    r.terminate();
+    let mut c = pg.client();
+    let ids: Vec<String> = c
+        .query(
+            "SELECT id::text FROM audit_events WHERE organization_id <> ''",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), written, "each once");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), all, "nothing lost");
+}

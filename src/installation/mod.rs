@@ -222,6 +222,50 @@ pub async fn pooled(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres:
     })
 }
 
+/// What `check-config` finds wrong with `[postgres]` beyond its syntax: the relay_id's
+/// templates, and with `connect` a real connection (address, password, TLS) and the
+/// schema version. Each problem names its key.
+pub fn check_blocking(cfg: &PostgresConfig, connect_too: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = relay_id(cfg) {
+        problems.push(e);
+    }
+    if !connect_too {
+        return problems;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("postgres: cannot start a runtime: {e}")],
+    };
+    let r: Result<(), PgError> = rt.block_on(async {
+        let client = connect(cfg).await?;
+        let found: Option<i32> = client
+            .query_opt(
+                "SELECT max(version) FROM audit_schema_version WHERE to_regclass('audit_schema_version') IS NOT NULL",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get(0));
+        match found {
+            Some(v) if v > schema::SCHEMA_VERSION => Err(PgError::new(
+                PgClass::Schema,
+                "postgres.url",
+                format!("the database's schema is version {v}, newer than this build's {}: upgrade audit-relay", schema::SCHEMA_VERSION),
+            )),
+            _ => Ok(()),
+        }
+    });
+    if let Err(e) = r {
+        problems.push(e.to_string());
+    }
+    problems
+}
+
 /// Milliseconds in a day: partitions hold one UTC day of event time each.
 pub const DAY_MS: i64 = 86_400_000;
 
