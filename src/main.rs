@@ -163,11 +163,18 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig => {
-            let mut problems = config
-                .api
-                .as_ref()
-                .map(audit_relay::api::check_files)
-                .unwrap_or_default();
+            let mut problems: Vec<String> = config
+                .check_environment()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            problems.extend(
+                config
+                    .api
+                    .as_ref()
+                    .map(audit_relay::api::check_files)
+                    .unwrap_or_default(),
+            );
             if let Some(path) = &config.integrity.signing_key_file {
                 if let Err(e) = Signer::load(path) {
                     problems.push(e.to_string());
@@ -234,6 +241,14 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let problems = config.check_environment();
+    if !problems.is_empty() {
+        eprintln!("audit-relay: cannot run with this config here:");
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     // One writer per spool, held until the process exits: a second `run` on the same
     // spool.dir would hand out the same sequence numbers and overwrite the chain head.
     let _writer_lock = match SpoolLock::acquire(&config.spool.dir) {

@@ -218,6 +218,10 @@ impl Authenticator {
 fn jwks_keys(text: &str) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if set.keys.is_empty() {
+        // Every JWT would be refused: a placeholder left in place, or a file cut short.
+        return Err("holds no keys ({\"keys\":[]}), so every JWT would be refused: put the platform's public keys there, or remove jwt_jwks_file (and [api.auth] if no JWT is to be accepted)".into());
+    }
     let mut out = HashMap::new();
     for (i, k) in set.keys.iter().enumerate() {
         let kid = k
