@@ -191,7 +191,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::from(EXIT_USAGE))
             }
         }
-        Command::Run => run(config),
+        Command::Run => run(config, cli.config.clone()),
         Command::Verify {
             from,
             to,
@@ -240,7 +240,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<ExitCode> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<ExitCode> {
     let problems = config.check_environment();
     if !problems.is_empty() {
         eprintln!("audit-relay: cannot run with this config here:");
@@ -267,6 +267,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let result = rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        // SIGHUP's default action ends the process: take it over first.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let reloads = match reload_on_hangup(path, reload_tx) {
+            Ok(task) => task,
+            Err(e) => return Err(anyhow::Error::new(e).context("installing the SIGHUP handler")),
+        };
         let signals = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -276,8 +282,9 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             })
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "audit-relay starting");
-        let r = pipeline::run(config, shutdown).await;
+        let r = pipeline::run(config, shutdown, Some(reload_rx)).await;
         signals.abort();
+        reloads.abort();
         match r {
             Ok(Ended::Signal) | Ok(Ended::SourcesDone) => Ok(ExitCode::SUCCESS),
             Err(e) => {
@@ -331,6 +338,37 @@ fn replay(config: Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
         println!("replayed {sent} event(s) from {from} to {to}; {rejected} rejected by the rules or by CloudWatch");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// On each SIGHUP, reads the config file again and hands it to the pipeline, which puts
+/// the query API's keys, tokens and TLS files in use. A file with problems is logged and
+/// nothing changes.
+fn reload_on_hangup(
+    path: PathBuf,
+    to: tokio::sync::mpsc::Sender<Config>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP received: reloading the JWT keys, operator tokens and TLS files");
+            match Config::load(&path) {
+                Ok(c) => {
+                    if to.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let problems: Vec<String> =
+                        e.problems.iter().map(ToString::to_string).collect();
+                    tracing::error!(
+                        problems = %problems.join("; "),
+                        "SIGHUP: the config file has problems; nothing reloaded, the running keys stay in use"
+                    );
+                }
+            }
+        }
+    }))
 }
 
 async fn wait_for_signal() {
