@@ -103,7 +103,7 @@ pub async fn run(
                 .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening (/healthz /readyz /metrics)");
             let cursors = forward::cursor_names(config.cloudwatch.as_ref());
-            let app = admin::router(health.clone(), config.spool.dir.clone(), cursors);
+            let app = admin::router(health.clone(), &config.spool, cursors);
             let stop = admin_stop.clone();
             // Its own connection cap and timeouts: probes answer when the API is flooded.
             let limits = api::server::Limits {
