@@ -81,6 +81,11 @@ enum Command {
         /// and the checkpoints found there.
         #[arg(long)]
         cloudwatch: bool,
+        /// With --cloudwatch: read every stream of the group whose name starts with this
+        /// (default: cloudwatch.log_stream up to its {pod} or {hostname}, expanded, e.g.
+        /// "prod/" for "{namespace}/{pod}": the streams of earlier pods too; "" for all).
+        #[arg(long, requires = "cloudwatch")]
+        stream_prefix: Option<String>,
         /// The report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -197,8 +202,17 @@ fn main() -> ExitCode {
             to,
             public_key,
             cloudwatch,
+            stream_prefix,
             json,
-        } => verify(&config, from, to, public_key, cloudwatch, json),
+        } => verify(
+            &config,
+            from,
+            to,
+            public_key,
+            cloudwatch,
+            stream_prefix,
+            json,
+        ),
         Command::Integrity {
             command: IntegrityCommand::PublicKey,
         } => public_key(&config),
@@ -398,6 +412,7 @@ fn verify(
     to: Option<i64>,
     public_key: Vec<PathBuf>,
     cloudwatch: bool,
+    stream_prefix: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use audit_relay::integrity::{KeyRing, PublicKey};
@@ -440,7 +455,12 @@ fn verify(
             .enable_all()
             .build()
             .context("starting the runtime")?;
-        let r = rt.block_on(audit_relay::verify::cloudwatch::verify(&cw, &spool, &opts))?;
+        let r = rt.block_on(audit_relay::verify::cloudwatch::verify(
+            &cw,
+            &spool,
+            &opts,
+            stream_prefix.as_deref(),
+        ))?;
         ok &= r.ok();
         Some(r)
     } else {
