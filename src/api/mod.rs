@@ -14,7 +14,9 @@
 //! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
 //! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
 //! ([`tls`]). Both the API and the admin port are served by [`server`], which caps
-//! connections and closes slow heads, idle connections and stalled writes.
+//! connections and closes slow heads, idle connections and stalled writes. The JWT
+//! keys, operator tokens and certificate are replaced while it runs on SIGHUP
+//! ([`reload`]).
 //!
 //! Organization and actor ids are parsed as UUIDs at the edge ([`request`]) and used in
 //! their canonical form (lowercase, hyphenated) everywhere after: scopes, roles, the
