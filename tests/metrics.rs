@@ -172,7 +172,7 @@ fn every_metric_an_operator_alerts_on_is_there_from_the_start() {
     let real = std::fs::read_dir(format!("/proc/{}/fd", relay.pid()))
         .unwrap()
         .count() as f64;
-    assert!((fds - real).abs() <= 3.0, "{fds} vs {real}");
+    assert!((fds - real).abs() <= 5.0, "{fds} vs {real}");
     assert!(value(&s, "process_max_fds", &[]) >= fds);
     let start = value(&s, "process_start_time_seconds", &[]);
     assert!(
