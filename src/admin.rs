@@ -6,12 +6,18 @@
 //!   credentials or permissions for over a minute, no stream is stopped by the
 //!   InvalidParameter breaker, every forwarder runs); otherwise 503 naming each reason.
 //! - `GET /metrics`: Prometheus text format. Totals come from the spool's own counters
-//!   (they survive restarts), so they match `audit-relay spool stats`.
+//!   (they survive restarts), so they match `audit-relay spool stats`. Every labelled
+//!   counter is written for each of its known label values from the start, at 0, so
+//!   that `increase()` sees its first event. Besides the relay's own figures: the
+//!   spool's cap, the build, the reading lag of each file, the time of the last call
+//!   CloudWatch accepted, and the standard `process_*` metrics (from `/proc/self`).
 //!
 //! It reads the spool through its own read-only connection, so a busy pipeline does
 //! not stall a probe.
 
-use crate::api::metrics::{ApiMetrics, BUCKETS};
+use crate::api::metrics::{ApiMetrics, Route, BUCKETS};
+use crate::config::SpoolConfig;
+use crate::forward::batch::RejectReason;
 use crate::forward::forwarder::ForwardHealth;
 use crate::forward::retry::ErrorKind;
 use crate::installation::ship::ShipHealth;
@@ -23,8 +29,9 @@ use axum::routing::get;
 use axum::Router;
 use std::fmt::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// How long the installation store may be out of reach before readiness says so.
 const SHIP_DOWN_GRACE_MS: i64 = 10_000;
@@ -106,26 +113,79 @@ impl Health {
     }
 }
 
+/// Rejection reasons, each a label value of `audit_relay_events_rejected_total` from
+/// the start.
+const REJECT_REASONS: [RejectReason; 4] = [
+    RejectReason::TooOld,
+    RejectReason::TooNew,
+    RejectReason::Expired,
+    RejectReason::Invalid,
+];
+/// How often the forwarders are looked at for an accepted call.
+const ACCEPTED_SAMPLE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct AdminState {
     health: Arc<Health>,
     spool_dir: PathBuf,
+    max_bytes: u64,
     cursors: Vec<String>,
     reader: Arc<Mutex<Option<Spool>>>,
+    /// Unix ms when a call CloudWatch accepted was last seen; 0 before the first.
+    last_accepted_ms: Arc<AtomicI64>,
 }
 
-/// The admin routes. `cursors` names the forwarders' cursors (for the lag).
-pub fn router(health: Arc<Health>, spool_dir: PathBuf, cursors: Vec<String>) -> Router {
+/// The admin routes. `cursors` names the forwarders' cursors (for the lag). Must be
+/// called within the runtime: it starts the task that notices accepted calls.
+pub fn router(health: Arc<Health>, spool: &SpoolConfig, cursors: Vec<String>) -> Router {
+    let last_accepted_ms = Arc::new(AtomicI64::new(0));
+    tokio::spawn(watch_accepted(
+        Arc::downgrade(&health),
+        last_accepted_ms.clone(),
+    ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(AdminState {
             health,
-            spool_dir,
+            spool_dir: spool.dir.clone(),
+            max_bytes: spool.max_bytes.0,
             cursors,
             reader: Arc::new(Mutex::new(None)),
+            last_accepted_ms,
         })
+}
+
+/// Notes the time when a forwarder's cursor moved after it made a call: CloudWatch
+/// accepted one (the cursor moves only then; at startup it jumps to its saved place
+/// before any call, which is not counted). Seen within [`ACCEPTED_SAMPLE`].
+async fn watch_accepted(health: Weak<Health>, last: Arc<AtomicI64>) {
+    let mut seen: Vec<(i64, u64)> = Vec::new();
+    let mut tick = tokio::time::interval(ACCEPTED_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        let forward = health.forward.lock().expect("health").clone();
+        seen.resize(forward.len(), (0, 0));
+        for (f, (cursor, calls)) in forward.iter().zip(seen.iter_mut()) {
+            let (c, n) = (
+                f.cursor.load(Ordering::Acquire),
+                f.calls.load(Ordering::Relaxed),
+            );
+            if c > *cursor && n > *calls {
+                last.store(now_ms(), Ordering::Relaxed);
+            }
+            (*cursor, *calls) = (c, n);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -224,7 +284,12 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
     for (name, help, v) in counters {
         metric(&mut o, name, "counter", help, &one(v as f64));
     }
-    let by_reason: Vec<(String, f64)> = rejected
+    let mut reasons: std::collections::BTreeMap<String, u64> = REJECT_REASONS
+        .iter()
+        .map(|r| (r.as_str().to_string(), 0))
+        .collect();
+    reasons.extend(rejected);
+    let by_reason: Vec<(String, f64)> = reasons
         .iter()
         .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n as f64))
         .collect();
@@ -248,6 +313,39 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         "gauge",
         "Bytes of the spool on disk.",
         &one(st.bytes as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_spool_max_bytes",
+        "gauge",
+        "The spool's cap (spool.max_bytes): at it, reading pauses.",
+        &one(s.max_bytes as f64),
+    );
+    metric(
+        &mut o,
+        "audit_relay_build_info",
+        "gauge",
+        "The relay's build: 1, with its version as a label.",
+        &[(
+            format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
+            1.0,
+        )],
+    );
+    let lag: Vec<(String, f64)> = source_lag(spool)?
+        .into_iter()
+        .map(|(path, behind)| {
+            (
+                format!("{{path=\"{}\"}}", label_value(&path)),
+                behind as f64,
+            )
+        })
+        .collect();
+    metric(
+        &mut o,
+        "audit_relay_source_lag_bytes",
+        "gauge",
+        "Bytes of each file not yet read and stored (its size less its stored offset), for files with a stored offset still at their path.",
+        &lag,
     );
     metric(
         &mut o,
@@ -289,6 +387,13 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
             "counter",
             "PutLogEvents calls made.",
             &one(calls as f64),
+        );
+        metric(
+            &mut o,
+            "audit_relay_forward_last_accepted_timestamp_seconds",
+            "gauge",
+            "Unix time when a PutLogEvents call CloudWatch accepted was last seen (within 1 s); 0 before the first of this run.",
+            &one(s.last_accepted_ms.load(Ordering::Relaxed) as f64 / 1000.0),
         );
         let failures: Vec<(String, f64)> = ErrorKind::ALL
             .iter()
@@ -357,6 +462,7 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
     if let Some(ship) = s.health.ship.lock().expect("health").clone() {
         render_ship(&mut o, &ship);
     }
+    process::render(&mut o);
     let ready = s.health.not_ready_reasons().is_empty();
     metric(
         &mut o,
@@ -379,9 +485,61 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
     Ok(o)
 }
 
+/// A label value with `\\`, `"` and newlines escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `(path, bytes not yet read)` of each file with a stored offset that is still at its
+/// path (same device and inode).
+fn source_lag(spool: &Spool) -> Result<Vec<(String, u64)>, crate::spool::SpoolError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for c in spool.checkpoints()? {
+        let Ok(m) = std::fs::metadata(&c.path) else {
+            continue;
+        };
+        if m.dev() != c.file.dev || m.ino() != c.file.ino {
+            continue;
+        }
+        let read = c.resume.offset.max(c.resume.replay_until);
+        out.push((c.path, m.len().saturating_sub(read)));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The query API's requests by route and status, and its latency histogram per route.
 fn render_api(o: &mut String, m: &ApiMetrics) {
     let snap = m.snapshot();
+    // By status class, every route and class from the start (at 0).
+    let classes: Vec<(String, f64)> = snap
+        .iter()
+        .flat_map(|r| {
+            (2..=5u16).map(move |class| {
+                let n: u64 = r
+                    .by_status
+                    .iter()
+                    .filter(|(status, _)| status / 100 == class)
+                    .map(|(_, n)| n)
+                    .sum();
+                (
+                    format!("{{route=\"{}\",class=\"{class}xx\"}}", r.route.name()),
+                    n as f64,
+                )
+            })
+        })
+        .collect();
+    debug_assert_eq!(classes.len(), Route::ALL.len() * 4);
+    metric(
+        o,
+        "audit_relay_api_responses_total",
+        "counter",
+        "Query API responses by route and status class (2xx to 5xx), each from 0.",
+        &classes,
+    );
     let requests: Vec<(String, f64)> = snap
         .iter()
         .flat_map(|r| {
@@ -511,4 +669,104 @@ fn render_ship(o: &mut String, h: &ShipHealth) {
         h.txn_micros_sum.load(Ordering::Relaxed) as f64 / 1e6
     );
     let _ = writeln!(o, "{name}_count {total}");
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` (Linux); a figure that
+/// cannot be read is left out.
+mod process {
+    use super::{metric, one};
+
+    /// Clock ticks per second of `/proc/self/stat` (USER_HZ: 100 on every Linux ABI).
+    const TICKS: f64 = 100.0;
+
+    pub(super) fn render(o: &mut String) {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .as_deref()
+            .and_then(|s| s.rsplit_once(')'))
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // Field n of proc(5) is fields[n - 3].
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            metric(
+                o,
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                &one((utime + stime) / TICKS),
+            );
+        }
+        if let Some(rss) = status_kib("VmRSS:") {
+            metric(
+                o,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                &one(rss * 1024.0),
+            );
+        }
+        if let Some(vm) = status_kib("VmSize:") {
+            metric(
+                o,
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                &one(vm * 1024.0),
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            metric(
+                o,
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors.",
+                &one(fds.count().saturating_sub(1) as f64),
+            );
+        }
+        if let Some(max) = max_fds() {
+            metric(
+                o,
+                "process_max_fds",
+                "gauge",
+                "The most file descriptors the process may open.",
+                &one(max),
+            );
+        }
+        if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+            metric(
+                o,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                &one(boot + start / TICKS),
+            );
+        }
+    }
+
+    fn status_kib(key: &str) -> Option<f64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = s.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].split_whitespace().next()?.parse().ok()
+    }
+
+    fn max_fds() -> Option<f64> {
+        let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn boot_time() -> Option<f64> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()
+    }
 }

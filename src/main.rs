@@ -86,6 +86,11 @@ enum Command {
         /// and the checkpoints found there.
         #[arg(long)]
         cloudwatch: bool,
+        /// With --cloudwatch: read every stream of the group whose name starts with this
+        /// (default: cloudwatch.log_stream up to its {pod} or {hostname}, expanded, e.g.
+        /// "prod/" for "{namespace}/{pod}": the streams of earlier pods too; "" for all).
+        #[arg(long, requires = "cloudwatch")]
+        stream_prefix: Option<String>,
         /// The report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -168,11 +173,18 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig { connect } => {
-            let mut problems = config
-                .api
-                .as_ref()
-                .map(audit_relay::api::check_files)
-                .unwrap_or_default();
+            let mut problems: Vec<String> = config
+                .check_environment()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            problems.extend(
+                config
+                    .api
+                    .as_ref()
+                    .map(audit_relay::api::check_files)
+                    .unwrap_or_default(),
+            );
             if let Some(pg) = &config.postgres {
                 problems.extend(audit_relay::installation::check_blocking(pg, connect));
             }
@@ -192,14 +204,23 @@ fn main() -> ExitCode {
                 Ok(ExitCode::from(EXIT_USAGE))
             }
         }
-        Command::Run => run(config),
+        Command::Run => run(config, cli.config.clone()),
         Command::Verify {
             from,
             to,
             public_key,
             cloudwatch,
+            stream_prefix,
             json,
-        } => verify(&config, from, to, public_key, cloudwatch, json),
+        } => verify(
+            &config,
+            from,
+            to,
+            public_key,
+            cloudwatch,
+            stream_prefix,
+            json,
+        ),
         Command::Integrity {
             command: IntegrityCommand::PublicKey,
         } => public_key(&config),
@@ -241,7 +262,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<ExitCode> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<ExitCode> {
+    let problems = config.check_environment();
+    if !problems.is_empty() {
+        eprintln!("audit-relay: cannot run with this config here:");
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     // One writer per spool, held until the process exits: a second `run` on the same
     // spool.dir would hand out the same sequence numbers and overwrite the chain head.
     let _writer_lock = match SpoolLock::acquire(&config.spool.dir) {
@@ -260,6 +289,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     let result = rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        // SIGHUP's default action ends the process: take it over first.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let reloads = match reload_on_hangup(path, reload_tx) {
+            Ok(task) => task,
+            Err(e) => return Err(anyhow::Error::new(e).context("installing the SIGHUP handler")),
+        };
         let signals = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -269,8 +304,9 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             })
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "audit-relay starting");
-        let r = pipeline::run(config, shutdown).await;
+        let r = pipeline::run(config, shutdown, Some(reload_rx)).await;
         signals.abort();
+        reloads.abort();
         match r {
             Ok(Ended::Signal) | Ok(Ended::SourcesDone) => Ok(ExitCode::SUCCESS),
             Err(e) => {
@@ -326,6 +362,37 @@ fn replay(config: Config, from: &str, to: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// On each SIGHUP, reads the config file again and hands it to the pipeline, which puts
+/// the query API's keys, tokens and TLS files in use. A file with problems is logged and
+/// nothing changes.
+fn reload_on_hangup(
+    path: PathBuf,
+    to: tokio::sync::mpsc::Sender<Config>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP received: reloading the JWT keys, operator tokens and TLS files");
+            match Config::load(&path) {
+                Ok(c) => {
+                    if to.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let problems: Vec<String> =
+                        e.problems.iter().map(ToString::to_string).collect();
+                    tracing::error!(
+                        problems = %problems.join("; "),
+                        "SIGHUP: the config file has problems; nothing reloaded, the running keys stay in use"
+                    );
+                }
+            }
+        }
+    }))
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -353,6 +420,7 @@ fn verify(
     to: Option<i64>,
     public_key: Vec<PathBuf>,
     cloudwatch: bool,
+    stream_prefix: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use audit_relay::integrity::{KeyRing, PublicKey};
@@ -395,7 +463,12 @@ fn verify(
             .enable_all()
             .build()
             .context("starting the runtime")?;
-        let r = rt.block_on(audit_relay::verify::cloudwatch::verify(&cw, &spool, &opts))?;
+        let r = rt.block_on(audit_relay::verify::cloudwatch::verify(
+            &cw,
+            &spool,
+            &opts,
+            stream_prefix.as_deref(),
+        ))?;
         ok &= r.ok();
         Some(r)
     } else {

@@ -85,7 +85,13 @@ impl Stages {
 }
 
 /// Runs the relay until `shutdown` fires (then it drains in order) or every source ends.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Ended> {
+/// Each config received on `reloads` (SIGHUP) puts its query API keys, tokens and TLS
+/// files in use ([`api::reload`]); the rest of it is not applied.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reloads: Option<tokio::sync::mpsc::Receiver<Config>>,
+) -> anyhow::Result<Ended> {
     let stages = Stages::new();
     let _stop_all = stages.root.clone().drop_guard();
     let health = Arc::new(Health::default());
@@ -98,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .with_context(|| format!("admin.listen: cannot listen on {}", a.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "admin endpoints listening (/healthz /readyz /metrics)");
             let cursors = forward::cursor_names(config.cloudwatch.as_ref());
-            let app = admin::router(health.clone(), config.spool.dir.clone(), cursors);
+            let app = admin::router(health.clone(), &config.spool, cursors);
             let stop = admin_stop.clone();
             // Its own connection cap and timeouts: probes answer when the API is flooded.
             let limits = api::server::Limits {
@@ -132,19 +138,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     // The query API starts first and stops last; its reads are audited through the writer.
     let api_stop = stages.root.clone();
-    let api_server = match &config.api {
-        Some(a) => Some(
-            api::start(
+    let (api_server, reloader) = match &config.api {
+        Some(a) => {
+            let (server, reloader) = api::start(
                 a,
                 &config.spool,
                 tx.clone(),
                 api_stop.clone(),
                 health.api.clone(),
             )
-            .await?,
-        ),
-        None => None,
+            .await?;
+            (Some(server), Some(reloader))
+        }
+        None => (None, None),
     };
+    if let Some(reloads) = reloads {
+        tokio::spawn(apply_reloads(reloads, reloader));
+    }
     let r = run_pipeline(config, shutdown, &stages, health, (tx, rx)).await;
     stages.root.cancel();
     if let Some(h) = admin {
@@ -157,6 +167,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     r
+}
+
+/// Puts the query API keys of each reloaded config in use, logging what was reloaded.
+async fn apply_reloads(
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    reloader: Option<api::reload::Reloader>,
+) {
+    while let Some(new) = reloads.recv().await {
+        match &reloader {
+            Some(r) => match r.reload(new.api.as_ref()) {
+                Ok(what) => tracing::info!(
+                    reloaded = %what,
+                    "reload: query API keys, tokens and TLS files in use; every other key takes a restart"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "reload: nothing reloaded, the running keys stay in use"
+                ),
+            },
+            None => tracing::info!(
+                "reload: no query API runs ([api] was absent at startup), nothing to reload; every other key takes a restart"
+            ),
+        }
+    }
 }
 
 /// Runs the forwarder of stream `shard` (`first`, already built) under supervision: if

@@ -12,6 +12,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// Role that may read an organization's audit logs.
 pub const OWNER_ROLE: &str = "owner";
@@ -86,6 +87,27 @@ struct JwtKeys {
 pub struct Authenticator {
     operators: Vec<OperatorToken>,
     jwt: Option<JwtKeys>,
+}
+
+/// The authenticator in use, replaced whole when the keys and tokens are reloaded
+/// (SIGHUP): a request checks its token against the one it found when it started.
+#[derive(Clone)]
+pub struct SharedAuthenticator(Arc<RwLock<Arc<Authenticator>>>);
+
+impl SharedAuthenticator {
+    pub fn new(a: Authenticator) -> SharedAuthenticator {
+        SharedAuthenticator(Arc::new(RwLock::new(Arc::new(a))))
+    }
+
+    /// The authenticator now in use.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.0.read().expect("authenticator").clone()
+    }
+
+    /// Puts `a` in use for every request from now on.
+    pub fn replace(&self, a: Authenticator) {
+        *self.0.write().expect("authenticator") = Arc::new(a);
+    }
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -171,6 +193,26 @@ impl Authenticator {
         Ok(Authenticator { operators, jwt })
     }
 
+    /// What it holds, for the log (names and counts, never a secret):
+    /// `2 operator token(s) (ops, admin), JWKS 1 key(s) (ec-1), HS256 secret`.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.operators.iter().map(|o| o.name.as_str()).collect();
+        let mut s = format!("{} operator token(s) ({})", names.len(), names.join(", "));
+        if let Some(j) = &self.jwt {
+            let mut kids: Vec<&str> = j.jwks.keys().map(String::as_str).collect();
+            kids.sort_unstable();
+            s.push_str(&format!(
+                ", JWKS {} key(s) ({})",
+                kids.len(),
+                kids.join(", ")
+            ));
+            if j.hs256.is_some() {
+                s.push_str(", HS256 secret");
+            }
+        }
+        s
+    }
+
     /// Checks the `Authorization` header's value.
     pub fn authenticate(
         &self,
@@ -218,6 +260,10 @@ impl Authenticator {
 fn jwks_keys(text: &str) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    if set.keys.is_empty() {
+        // Every JWT would be refused: a placeholder left in place, or a file cut short.
+        return Err("holds no keys ({\"keys\":[]}), so every JWT would be refused: put the platform's public keys there, or remove jwt_jwks_file (and [api.auth] if no JWT is to be accepted)".into());
+    }
     let mut out = HashMap::new();
     for (i, k) in set.keys.iter().enumerate() {
         let kid = k

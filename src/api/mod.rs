@@ -14,7 +14,9 @@
 //! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
 //! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
 //! ([`tls`]). Both the API and the admin port are served by [`server`], which caps
-//! connections and closes slow heads, idle connections and stalled writes.
+//! connections and closes slow heads, idle connections and stalled writes. The JWT
+//! keys, operator tokens and certificate are replaced while it runs on SIGHUP
+//! ([`reload`]).
 //!
 //! Organization and actor ids are parsed as UUIDs at the edge ([`request`]) and used in
 //! their canonical form (lowercase, hyphenated) everywhere after: scopes, roles, the
@@ -26,6 +28,7 @@ pub mod connect;
 pub mod error;
 pub mod export;
 pub mod metrics;
+pub mod reload;
 pub mod request;
 pub mod rest;
 pub mod server;
@@ -43,7 +46,7 @@ use crate::config::SpoolConfig;
 use crate::event::ApiAuditLog;
 use crate::spool::{AppendBatch, Spool, SpoolError};
 use anyhow::Context;
-use auth::{Authenticator, Caller};
+use auth::{Authenticator, Caller, SharedAuthenticator};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -103,7 +106,8 @@ impl Readers {
 }
 
 pub struct Inner {
-    auth: Authenticator,
+    /// Replaced whole on SIGHUP ([`reload`]).
+    auth: SharedAuthenticator,
     readers: Readers,
     key: Vec<u8>,
     audit: SyncSender<AppendBatch>,
@@ -144,7 +148,7 @@ impl ApiState {
         metrics: Arc<ApiMetrics>,
     ) -> Result<ApiState, String> {
         Ok(ApiState(Arc::new(Inner {
-            auth: Authenticator::from_config(config)?,
+            auth: SharedAuthenticator::new(Authenticator::from_config(config)?),
             readers: Readers {
                 dir: spool_dir,
                 idle: Mutex::new(Vec::new()),
@@ -164,7 +168,9 @@ impl ApiState {
         let h = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        self.auth.authenticate(h, (now_ms() / 1000).max(0) as u64)
+        self.auth
+            .current()
+            .authenticate(h, (now_ms() / 1000).max(0) as u64)
     }
 
     /// Runs a handler's work within `api.request_timeout`.
@@ -323,16 +329,17 @@ pub fn router(state: ApiState) -> Router {
 
 /// Binds `api.listen` and serves until `stop` (over TLS with `api.tls_cert` and
 /// `api.tls_key`). Creates the spool if needed, for its page-token key; `audit` is the
-/// spool writer's channel; `metrics` counts the requests.
+/// spool writer's channel; `metrics` counts the requests. The [`reload::Reloader`]
+/// replaces the keys, tokens and certificate while it runs.
 pub async fn start(
     config: &ApiConfig,
     spool: &SpoolConfig,
     audit: SyncSender<AppendBatch>,
     stop: CancellationToken,
     metrics: Arc<ApiMetrics>,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> anyhow::Result<(JoinHandle<()>, reload::Reloader)> {
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::shared(tls::server_config(cert, key)?)),
         _ => None,
     };
     let key = {
@@ -354,6 +361,7 @@ pub async fn start(
         tls = tls.is_some(),
         "query API listening"
     );
+    let reloader = reload::Reloader::new(state.auth.clone(), tls.clone());
     let app = router(state);
     let limits = server::Limits {
         max_connections: config.max_connections,
@@ -361,7 +369,7 @@ pub async fn start(
         idle_timeout: config.idle_timeout.0,
         write_stall: config.export_stall_timeout.0,
     };
-    Ok(tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         match tls {
             None => server::serve(listener, app, limits, stop, "api").await,
             Some(tls) => match tls::TlsListener::new(listener, tls, stop.clone()) {
@@ -369,5 +377,6 @@ pub async fn start(
                 Err(e) => tracing::error!(error = %e, "query API server failed"),
             },
         }
-    }))
+    });
+    Ok((server, reloader))
 }

@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -55,6 +55,15 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
+/// The server config in use, replaced on reload (SIGHUP): each new handshake takes the
+/// one in place when it starts; open connections keep theirs.
+pub type SharedTls = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// A [`SharedTls`] holding `config`.
+pub fn shared(config: Arc<rustls::ServerConfig>) -> SharedTls {
+    Arc::new(RwLock::new(config))
+}
+
 /// TLS connections for `axum::serve`, handshaken by a task that stops with `stop`.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -64,12 +73,11 @@ pub struct TlsListener {
 impl TlsListener {
     pub fn new(
         listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
+        config: SharedTls,
         stop: CancellationToken,
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_CONNECTIONS);
-        let acceptor = TlsAcceptor::from(config);
         // Handshakes in progress hold descriptors before the server's connection cap
         // sees them: bound them too.
         let handshakes = Arc::new(tokio::sync::Semaphore::new(READY_CONNECTIONS));
@@ -92,7 +100,8 @@ impl TlsListener {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let acceptor = TlsAcceptor::from(config.read().expect("TLS config").clone());
+                let tx = tx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

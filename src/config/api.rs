@@ -281,6 +281,11 @@ pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
         }
         if t.sha256.len() != 64 || !t.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
             bad(key("sha256"), "must be 64 hex characters".into());
+        } else if t.sha256.bytes().all(|c| c == b'0') {
+            bad(
+                key("sha256"),
+                "is the all-zero placeholder, which no token matches: put the hash of a real token here (TOKEN=$(openssl rand -hex 32); printf %s \"$TOKEN\" | sha256sum), or remove this [[api.tokens]] entry".into(),
+            );
         }
         if t.organizations.is_empty() {
             bad(

@@ -11,6 +11,102 @@ pub const RETENTION_DAYS: [i32; 22] = [
     3288, 3653,
 ];
 
+/// The AWS regions this build knows (commercial, GovCloud, China, ISO partitions), as
+/// of its writing. A name of the right form that is not here is refused unless
+/// `endpoint` is set (see [`region`]).
+pub const KNOWN_REGIONS: [&str; 44] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-isoe-west-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-iso-east-1",
+    "us-iso-west-1",
+    "us-isob-east-1",
+    "us-isof-east-1",
+    "us-isof-south-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// Checks a region name: its form (`<area>[-<partition>]-<direction>-<number>`, e.g.
+/// `us-east-1`, `us-gov-west-1`), then that it is one of [`KNOWN_REGIONS`]. With an
+/// endpoint override (an emulator, or the endpoint of a region newer than this build)
+/// only the form is checked.
+pub fn region(r: &str, endpoint_set: bool) -> Result<(), String> {
+    const DIRECTIONS: [&str; 9] = [
+        "north",
+        "south",
+        "east",
+        "west",
+        "central",
+        "northeast",
+        "northwest",
+        "southeast",
+        "southwest",
+    ];
+    let parts: Vec<&str> = r.split('-').collect();
+    let well_formed = match parts.as_slice() {
+        [area, middle @ .., direction, number] => {
+            area.len() == 2
+                && area.bytes().all(|b| b.is_ascii_lowercase())
+                && middle.len() <= 1
+                && middle
+                    .iter()
+                    .all(|m| ["gov", "iso", "isob", "isoe", "isof"].contains(m))
+                && DIRECTIONS.contains(direction)
+                && !number.is_empty()
+                && number.len() <= 2
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && !number.starts_with('0')
+        }
+        _ => false,
+    };
+    if !well_formed {
+        return Err(format!(
+            "{r:?} is not an AWS region name (the form is like us-east-1, eu-west-2, us-gov-west-1)"
+        ));
+    }
+    if !endpoint_set && !KNOWN_REGIONS.contains(&r) {
+        return Err(format!(
+            "{r:?} is not an AWS region this build knows; check the name (e.g. eu-west-1). A region newer than this build: set cloudwatch.endpoint to its CloudWatch Logs endpoint (https://logs.{r}.amazonaws.com), then only the name's form is checked"
+        ));
+    }
+    Ok(())
+}
+
 /// Event fields a static field may not shadow.
 const EVENT_FIELDS: [&str; 8] = [
     "id",
@@ -250,8 +346,8 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
         }
     }
     if let Some(r) = &c.region {
-        if r.is_empty() || !r.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') {
-            bad("region", format!("not a region name: {r:?}"));
+        if let Err(e) = region(r, c.endpoint.is_some()) {
+            bad("region", e);
         }
     }
     if c.external_id.is_some() && c.assume_role_arn.is_none() {
@@ -349,5 +445,35 @@ mod tests {
             .unwrap_err()
             .contains("unclosed"));
         assert!(expand_stream("a:b", &vars()).is_err());
+    }
+
+    #[test]
+    fn regions_by_form_and_by_name() {
+        for ok in ["us-east-1", "eu-west-3", "us-gov-west-1", "cn-northwest-1"] {
+            assert_eq!(region(ok, false), Ok(()), "{ok}");
+        }
+        assert!(region("eu-west-9", false)
+            .unwrap_err()
+            .contains("not an AWS region this build knows"));
+        assert_eq!(
+            region("eu-west-9", true),
+            Ok(()),
+            "the form only, with an endpoint"
+        );
+        for bad in [
+            "us-east1",
+            "useast-1",
+            "US-EAST-1",
+            "us-east-01",
+            "",
+            "us-space-1",
+        ] {
+            assert!(
+                region(bad, true)
+                    .unwrap_err()
+                    .contains("not an AWS region name"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! repeats it for operators.
 
 pub mod api;
+mod checks;
 pub mod cloudwatch;
+mod parse;
 pub mod postgres;
 pub mod units;
 
@@ -371,13 +373,7 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::one("", format!("not valid TOML: {}", e.message())))?;
-        let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            ConfigError::one(&key, e.inner().message().to_string())
-        })?;
+        let raw = parse::parse(text).map_err(|problems| ConfigError { problems })?;
         let problems = validate(&raw);
         if problems.is_empty() {
             Ok(Config(raw))
@@ -519,11 +515,8 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
         1_000,
         86_400_000,
     );
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
-        bad(
-            "log.level",
-            format!("not a valid filter {:?}: {e}", c.log.level),
-        );
+    if let Err(e) = checks::log_level(&c.log.level) {
+        bad("log.level", e);
     }
     range_dur(&mut bad, "shutdown_grace", c.shutdown_grace, 100, 3_600_000);
     if let Some(cw) = &c.cloudwatch {
@@ -541,6 +534,7 @@ fn validate(c: &FileConfig) -> Vec<Problem> {
     if let Some(pg) = &c.postgres {
         postgres::check(pg, &mut problems);
     }
+    checks::ports(c, &mut problems);
     if let Some(a) = &c.admin {
         api::validate_limits(
             "admin",
@@ -656,6 +650,9 @@ mod tests {
         let p = problems("[spool]\ndir = \"/x\"\n");
         assert!(p[0].starts_with("missing field `source`"), "{p:?}");
         let p = problems("this is = not toml [");
-        assert!(p[0].starts_with("not valid TOML"), "{p:?}");
+        assert!(
+            p[0].starts_with("line 1, column 6: not valid TOML"),
+            "{p:?}"
+        );
     }
 }

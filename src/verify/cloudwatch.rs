@@ -1,6 +1,11 @@
 //! `verify --cloudwatch`: reads the log stream(s) back and checks them against the spool
 //! and against the signed checkpoints found there.
 //!
+//! - The streams read are every stream of the group whose name starts with a prefix
+//!   (DescribeLogStreams): by default the part of `log_stream` a replaced pod keeps
+//!   (`{namespace}/{pod}` → `<namespace>/`), so the streams of the relay's earlier pods,
+//!   which hold the events they forwarded, are read too.
+//!
 //! - Every checkpoint message must be validly signed (with a key), and the spool's chain
 //!   must hash to its head at its sequence number: CloudWatch is the outside anchor, so a
 //!   spool rewritten (even re-signed) or cut after it no longer verifies. A checkpoint
@@ -22,6 +27,7 @@
 //! (one per `checkpoint_every` events or `checkpoint_interval`).
 
 use super::Options;
+use crate::config::cloudwatch::{expand_stream, StreamVars};
 use crate::config::CloudWatchConfig;
 use crate::forward::cloudwatch::CloudWatch;
 use crate::forward::message::MessageFormat;
@@ -484,13 +490,127 @@ fn check_checkpoint(
     Ok(None)
 }
 
-/// Reads the configured stream(s) and checks them (see the module docs).
+/// The part of the stream template that stays when the pod is replaced: everything
+/// before the first `{pod}` or `{hostname}` (a new pod has a new name), expanded; the
+/// whole name when it has neither (with `streams` above 1 the shards' `-0`, `-1`, ...
+/// follow it).
+pub fn default_prefix(template: &str, vars: &StreamVars) -> Result<String, String> {
+    let cut = ["{pod}", "{hostname}"]
+        .iter()
+        .filter_map(|p| template.find(p))
+        .min();
+    match cut {
+        Some(0) => Ok(String::new()),
+        Some(i) => expand_prefix(&template[..i], vars),
+        None => expand_stream(template, vars),
+    }
+}
+
+/// Expands the placeholders of a template's leading part (which may be empty or end in
+/// a separator such as `/`).
+fn expand_prefix(part: &str, vars: &StreamVars) -> Result<String, String> {
+    // `expand_stream` refuses an empty result: give it one character more.
+    let mut s = expand_stream(&format!("{part}x"), vars)?;
+    s.pop();
+    Ok(s)
+}
+
+/// Every stream of the group whose name starts with `prefix` (DescribeLogStreams), by
+/// name.
+async fn streams_with_prefix(
+    client: &aws_sdk_cloudwatchlogs::Client,
+    group: &str,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .describe_log_streams()
+            .log_group_name(group)
+            .set_log_stream_name_prefix((!prefix.is_empty()).then(|| prefix.to_string()))
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "listing the streams of {group} (DescribeLogStreams, prefix {prefix:?}): {}",
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        names.extend(
+            page.log_streams()
+                .iter()
+                .filter_map(|s| s.log_stream_name().map(str::to_string)),
+        );
+        match page.next_token() {
+            Some(t) if Some(t) != token.as_deref() && !page.log_streams().is_empty() => {
+                token = Some(t.to_string())
+            }
+            _ => break,
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// A client for listing the group's streams, configured as the forwarder's is (region,
+/// endpoint, assumed role, timeouts).
+async fn list_client(cfg: &CloudWatchConfig) -> anyhow::Result<aws_sdk_cloudwatchlogs::Client> {
+    use aws_config::timeout::TimeoutConfig;
+    use aws_config::{BehaviorVersion, Region};
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(cfg.connect_timeout.0)
+        .operation_timeout(cfg.request_timeout.0)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(r) = &cfg.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &cfg.endpoint {
+        loader = loader.endpoint_url(e.clone());
+    }
+    let mut sdk = loader.load().await;
+    if sdk.region().is_none() {
+        anyhow::bail!("cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)");
+    }
+    if let Some(arn) = &cfg.assume_role_arn {
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+            .session_name("audit-relay-verify")
+            .configure(&sdk);
+        if let Some(id) = &cfg.external_id {
+            role = role.external_id(id.clone());
+        }
+        let provider = role.build().await;
+        sdk = sdk
+            .into_builder()
+            .credentials_provider(
+                aws_sdk_cloudwatchlogs::config::SharedCredentialsProvider::new(provider),
+            )
+            .build();
+    }
+    Ok(aws_sdk_cloudwatchlogs::Client::new(&sdk))
+}
+
+/// Reads every stream of the group whose name starts with `prefix` (default:
+/// [`default_prefix`] of `log_stream`, so the streams of earlier pods are read too) and
+/// checks them (see the module docs).
 pub async fn verify(
     cfg: &CloudWatchConfig,
     spool: &Spool,
     opts: &Options,
+    prefix: Option<&str>,
 ) -> anyhow::Result<CloudWatchReport> {
-    let streams = crate::forward::stream_names(cfg)?;
+    let prefix = match prefix {
+        Some(p) => p.to_string(),
+        None => default_prefix(&cfg.log_stream, &StreamVars::from_env())
+            .map_err(|e| anyhow::anyhow!("cloudwatch.log_stream: {e}"))?,
+    };
+    let client = list_client(cfg).await?;
+    let streams = streams_with_prefix(&client, &cfg.log_group, &prefix).await?;
+    tracing::debug!(prefix = %prefix, streams = ?streams, "verify --cloudwatch: streams to read");
     let mut cmp = Comparison::new(&cfg.log_group, &streams)?;
     for stream in &streams {
         let cw = CloudWatch::connect(cfg, stream.clone())
@@ -584,6 +704,21 @@ mod tests {
         }
         let format = MessageFormat::new(&Default::default(), 1 << 20);
         c.finish(spool, &Options::default(), &format, 4).unwrap()
+    }
+
+    #[test]
+    fn the_default_prefix_is_what_a_new_pod_keeps() {
+        let vars = StreamVars {
+            hostname: Some("server-abc".into()),
+            pod: Some("server-abc".into()),
+            namespace: Some("prod".into()),
+        };
+        let p = |t: &str| default_prefix(t, &vars).unwrap();
+        assert_eq!(p("{namespace}/{pod}"), "prod/");
+        assert_eq!(p("{hostname}"), "");
+        assert_eq!(p("audit-{pod}"), "audit-");
+        assert_eq!(p("{namespace}"), "prod");
+        assert_eq!(p("fixed"), "fixed");
     }
 
     #[test]
