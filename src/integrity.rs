@@ -108,6 +108,22 @@ pub struct ChainCheckpoint {
     pub time_ms: i64,
     /// The signing key's id and the signature; `None` without `integrity.signing_key_file`.
     pub signed: Option<(String, [u8; 64])>,
+    /// With the installation store: the other relays' chains as this relay's shipper last
+    /// saw them there (a witness: deleting a relay's whole chain together with its
+    /// registry row still leaves these). Covered by the row's hash, hence by the next
+    /// signed checkpoint; not by this checkpoint's own signature.
+    pub peers: Vec<Peer>,
+}
+
+/// Another relay's chain head in the installation store, as witnessed by a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Peer {
+    pub relay_id: String,
+    /// Its `shipped_seq` then.
+    pub seq: i64,
+    /// Hex of its chain hash at `seq`.
+    pub chain_head: String,
 }
 
 /// The JSON form: what the spool stores and CloudWatch receives.
@@ -123,6 +139,8 @@ struct CheckpointJson {
     key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<Peer>,
 }
 
 impl ChainCheckpoint {
@@ -144,6 +162,7 @@ impl ChainCheckpoint {
             time: format_timestamp_ms(self.time_ms),
             key_id: self.signed.as_ref().map(|(k, _)| k.clone()),
             signature: self.signed.as_ref().map(|(_, s)| b64.encode(s)),
+            peers: self.peers.clone(),
         })
         .expect("checkpoint serializes")
     }
@@ -157,7 +176,7 @@ impl ChainCheckpoint {
             v.retain(|k, _| {
                 matches!(
                     k.as_str(),
-                    "type" | "sequence" | "chainHead" | "time" | "keyId" | "signature"
+                    "type" | "sequence" | "chainHead" | "time" | "keyId" | "signature" | "peers"
                 )
             });
             serde_json::from_value(serde_json::Value::Object(v))
@@ -190,6 +209,7 @@ impl ChainCheckpoint {
             chain_head,
             time_ms,
             signed,
+            peers: j.peers,
         })
     }
 }
@@ -264,6 +284,7 @@ impl Signer {
             chain_head,
             time_ms,
             signed: Some((self.key_id.clone(), sig.to_bytes())),
+            peers: Vec::new(),
         }
     }
 }

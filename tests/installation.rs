@@ -525,3 +525,63 @@ fn postgres_down_for_30_s_stops_nothing_else_and_the_backlog_drains_after() {
     assert_eq!(ids.len(), written, "each once");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), all, "nothing lost");
 }
+
+#[test]
+fn checkpoints_witness_the_other_relays_chains_in_the_store() {
+    let pg = Postgres::start();
+    let with_interval = |id: &str| {
+        let h = relay(&pg, id, &[]);
+        let mut text = std::fs::read_to_string(&h.config).unwrap();
+        text.push_str("\n[integrity]\ncheckpoint_interval = \"1s\"\n");
+        h.write_config(&text);
+        h
+    };
+    let (a, b) = (with_interval("pod-a"), with_interval("pod-b"));
+    let mut g = gen::Gen::new(9);
+    for (i, h) in [&a, &b].iter().enumerate() {
+        let (_, lines) = server_lines(&mut g, i as i64 * 10_000, 50);
+        write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    }
+    let (mut ra, mut rb) = (a.start(), b.start());
+    a.wait_events(&mut ra, 50);
+    b.wait_events(&mut rb, 50);
+    // A checkpoint of pod-a shipped after pod-b registered names pod-b's chain head.
+    let witnessed = || -> Option<(i64, String)> {
+        let mut c = pg.client();
+        let rows = c
+            .query(
+                "SELECT body FROM audit_events WHERE relay_id = 'pod-a' AND action = 'checkpoint' AND organization_id = '' ORDER BY seq DESC",
+                &[],
+            )
+            .ok()?;
+        rows.iter().find_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.get::<_, &str>(0)).ok()?;
+            let p = v["peers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["relayId"] == "pod-b")?
+                .clone();
+            Some((p["seq"].as_i64()?, p["chainHead"].as_str()?.to_string()))
+        })
+    };
+    wait_for(
+        "pod-a's checkpoints witness pod-b",
+        DEADLINE,
+        || witnessed().is_some(),
+        &[&ra, &rb],
+    );
+    let (seq, head) = witnessed().unwrap();
+    // What was witnessed is pod-b's chain in the store at that seq.
+    let mut c = pg.client();
+    let stored: Vec<u8> = c
+        .query_one(
+            "SELECT hash FROM audit_events WHERE relay_id = 'pod-b' AND seq = $1",
+            &[&seq],
+        )
+        .unwrap()
+        .get(0);
+    let hex: String = stored.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, head);
+    ra.terminate();
+    rb.terminate();
+}

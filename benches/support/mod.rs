@@ -94,3 +94,18 @@ pub fn events_stored(db: &Path) -> u64 {
     .map(|v| v as u64)
     .unwrap_or(0)
 }
+
+/// What tests/common/postgres.rs needs of its siblings.
+pub mod moto {
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// A real PostgreSQL server (the tests' harness).
+#[path = "../../tests/common/postgres.rs"]
+pub mod postgres;

@@ -29,6 +29,10 @@ pub const PG_CURSOR: &str = "postgres";
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the shipper refreshes the peers its relay's checkpoints witness.
+const PEERS_EVERY: Duration = Duration::from_secs(5);
+/// At most this many peers per checkpoint (the most recently seen).
+const MAX_PEERS: i64 = 200;
 /// Upper bounds (ms) of the transaction-time histogram buckets.
 pub const TXN_BUCKETS_MS: [f64; 10] = [
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
@@ -245,7 +249,12 @@ impl Shipper {
         tracing::info!(relay_id = %self.relay_id, cursor, "shipping to the installation store");
         let mut end = read_last_seq(&spool).await?;
         let mut last_day_check = Instant::now();
+        let mut peers_at: Option<Instant> = None;
         while !self.cancel.is_cancelled() {
+            if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
+                peers_at = Some(Instant::now());
+                self.refresh_peers(&client).await?;
+            }
             end = end.max(self.inbox.committed_seq());
             self.health.spool_seq.store(end, Ordering::Relaxed);
             if end <= cursor {
@@ -325,6 +334,32 @@ impl Shipper {
                 rejected: Vec::new(),
             });
         }
+        Ok(())
+    }
+
+    /// The other relays' registry heads (seen in the last 7 days, newest first), for the
+    /// next checkpoints to witness: a chain deleted with its registry row stays visible.
+    async fn refresh_peers(&self, client: &tokio_postgres::Client) -> Result<(), PgError> {
+        let rows = client
+            .query(
+                "SELECT relay_id, shipped_seq, chain_head FROM audit_relays
+                 WHERE relay_id <> $1 AND shipped_seq >= first_seq
+                   AND last_seen > now() - interval '7 days'
+                 ORDER BY last_seen DESC, relay_id LIMIT $2",
+                &[&self.relay_id, &MAX_PEERS],
+            )
+            .await
+            .map_err(|e| PgError::from_pg("reading the registry", &e))?;
+        let mut peers: Vec<crate::integrity::Peer> = rows
+            .iter()
+            .map(|r| crate::integrity::Peer {
+                relay_id: r.get(0),
+                seq: r.get(1),
+                chain_head: crate::integrity::to_hex(r.get::<_, &[u8]>(2)),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.relay_id.cmp(&b.relay_id));
+        self.inbox.set_peers(peers);
         Ok(())
     }
 

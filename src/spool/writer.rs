@@ -32,12 +32,23 @@ pub struct ProgressInbox(
     Arc<Mutex<Vec<ForwardProgress>>>,
     Arc<AtomicI64>,
     Arc<AtomicBool>,
+    Arc<Mutex<Vec<crate::integrity::Peer>>>,
 );
 
 impl ProgressInbox {
     /// The highest sequence number committed so far.
     pub fn committed_seq(&self) -> i64 {
         self.1.load(Ordering::Acquire)
+    }
+
+    /// Sets the other relays' chain heads that the next checkpoints witness (the
+    /// installation store's shipper keeps it fresh).
+    pub fn set_peers(&self, peers: Vec<crate::integrity::Peer>) {
+        *self.3.lock().expect("peers") = peers;
+    }
+
+    fn peers(&self) -> Vec<crate::integrity::Peer> {
+        self.3.lock().expect("peers").clone()
     }
 
     /// Asks the writer for a checkpoint over everything stored so far, now (before the
@@ -528,9 +539,11 @@ impl SpoolWriter {
 
     /// Adds a checkpoint to the open transaction.
     fn checkpoint(&mut self) -> Result<(), SpoolError> {
-        let cp = self
-            .spool
-            .write_checkpoint(self.upkeep.signer.as_deref(), super::now_ms())?;
+        let cp = self.spool.write_checkpoint_with_peers(
+            self.upkeep.signer.as_deref(),
+            super::now_ms(),
+            self.progress.peers(),
+        )?;
         tracing::debug!(
             sequence = cp.sequence,
             signed = cp.signed.is_some(),

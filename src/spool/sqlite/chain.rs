@@ -15,15 +15,27 @@ impl Spool {
         signer: Option<&Signer>,
         time_ms: i64,
     ) -> Result<ChainCheckpoint, SpoolError> {
-        let cp = match signer {
+        self.write_checkpoint_with_peers(signer, time_ms, Vec::new())
+    }
+
+    /// Like [`Spool::write_checkpoint`], witnessing other relays' chains (`peers`).
+    pub fn write_checkpoint_with_peers(
+        &mut self,
+        signer: Option<&Signer>,
+        time_ms: i64,
+        peers: Vec<crate::integrity::Peer>,
+    ) -> Result<ChainCheckpoint, SpoolError> {
+        let mut cp = match signer {
             Some(s) => s.sign(self.last_seq, self.head, time_ms),
             None => ChainCheckpoint {
                 sequence: self.last_seq,
                 chain_head: self.head,
                 time_ms,
                 signed: None,
+                peers: Vec::new(),
             },
         };
+        cp.peers = peers;
         self.append_own_row("checkpoint", &cp.to_json(), time_ms)?;
         self.pending.checkpoints += 1;
         Ok(cp)
