@@ -250,6 +250,7 @@ impl Shipper {
         let mut end = read_last_seq(&spool).await?;
         let mut last_day_check = Instant::now();
         let mut peers_at: Option<Instant> = None;
+        let mut prefetched: Option<(i64, Vec<ChainRow>)> = None;
         while !self.cancel.is_cancelled() {
             if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
                 peers_at = Some(Instant::now());
@@ -283,7 +284,11 @@ impl Shipper {
                 continue;
             }
             let to = end.min(cursor + self.cfg.batch_rows as i64);
-            let rows = read_rows(&spool, cursor + 1, to).await?;
+            // The rows read while the last transaction ran, when they are these.
+            let rows = match prefetched.take() {
+                Some((from, rows)) if from == cursor + 1 && !rows.is_empty() => rows,
+                _ => read_rows(&spool, cursor + 1, to).await?,
+            };
             let Some(first) = rows.first() else {
                 return Err(PgError::new(
                     PgClass::Other,
@@ -312,7 +317,20 @@ impl Shipper {
                 known = schema::partitions(&client).await?;
             }
             let started = Instant::now();
-            match self.ship(&mut client, cursor, &rows).await {
+            // The next batch is read from the spool while this one's transaction runs.
+            let last_seq = rows.last().expect("not empty").seq;
+            let next_to = end.min(last_seq + self.cfg.batch_rows as i64);
+            let (shipped, next) = tokio::join!(self.ship(&mut client, cursor, &rows), async {
+                if next_to > last_seq {
+                    Some(read_rows(&spool, last_seq + 1, next_to).await)
+                } else {
+                    None
+                }
+            });
+            if let Some(Ok(next)) = next {
+                prefetched = Some((last_seq + 1, next));
+            }
+            match shipped {
                 Ok(()) => {}
                 Err(e) => {
                     // A partition dropped by retention meanwhile: look again next time.
