@@ -307,8 +307,8 @@ fn two_events_swapped_in_the_store_are_named() {
         .execute(
             "UPDATE audit_events e SET seq = o.seq, hash = o.hash
              FROM audit_events o
-             WHERE e.relay_id = 'pod-c' AND o.relay_id = 'pod-c' AND e.seq IN ($1, $1 + 1)
-               AND o.seq = CASE WHEN e.seq = $1 THEN $1 + 1 ELSE $1 END",
+             WHERE e.relay_id = 'pod-c' AND o.relay_id = 'pod-c' AND e.seq IN ($1::int8, $1::int8 + 1)
+               AND o.seq = CASE WHEN e.seq = $1::int8 THEN $1::int8 + 1 ELSE $1::int8 END",
             &[&seq],
         )
         .unwrap();
