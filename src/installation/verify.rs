@@ -1111,6 +1111,89 @@ mod tests {
         );
     }
 
+    /// `rows` with a checkpoint by `signer` appended (covering the last row), chained.
+    fn with_checkpoint(
+        mut rows: Vec<ChainRow>,
+        signer: &crate::integrity::Signer,
+        head: Option<[u8; 32]>,
+    ) -> Vec<ChainRow> {
+        let last = rows.last().unwrap().clone();
+        let cp = signer.sign(last.seq, head.unwrap_or(last.hash.unwrap()), 5_000);
+        let mut r = ChainRow {
+            seq: last.seq + 1,
+            ts_ms: 5_000,
+            id: uuid::Uuid::from_u128(999).as_bytes().to_vec(),
+            org: CHECKPOINT_ORG,
+            organization_id: Some(String::new()),
+            actor: "audit-relay".into(),
+            action: "checkpoint".into(),
+            body: cp.to_json(),
+            hash: None,
+        };
+        r.hash = Some(r.hash_at(&last.hash.unwrap(), r.seq));
+        rows.push(r);
+        rows
+    }
+
+    #[test]
+    fn checkpoints_are_checked_against_the_key_the_registry_and_the_chain() {
+        use crate::integrity::Signer;
+        use ed25519_dalek::SigningKey;
+        let signer = Signer::from_key(SigningKey::from_bytes(&[7; 32]));
+        let other = Signer::from_key(SigningKey::from_bytes(&[8; 32]));
+        let rows = with_checkpoint(chain(5), &signer, None);
+        let r = Registered {
+            key_id: Some(signer.key_id().to_string()),
+            ..reg(&rows)
+        };
+        let ring: KeyRing = signer.public_key().into();
+        let run = |reg: &Registered, key: Option<&KeyRing>, rows: &[ChainRow]| {
+            let runs = Runs::new();
+            let mut w = Walk::new(reg, key, &runs);
+            for x in rows {
+                if w.row(x.clone()).is_break() {
+                    break;
+                }
+            }
+            w.end();
+            (w.broken.map(|b| (b.kind, b.seq)), w.report)
+        };
+        let (b, rep) = run(&r, Some(&ring), &rows);
+        assert_eq!(b, None);
+        assert_eq!(
+            (rep.checkpoints, rep.signed_checkpoints, rep.covered_through),
+            (1, 1, 5)
+        );
+        // Without a key: the key id must be the registry's.
+        assert_eq!(run(&r, None, &rows).0, None);
+        let foreign = with_checkpoint(chain(5), &other, None);
+        let rf = Registered {
+            key_id: r.key_id.clone(),
+            ..reg(&foreign)
+        };
+        assert_eq!(run(&rf, None, &foreign).0, Some(("foreign_key", 6)));
+        assert_eq!(
+            run(&rf, Some(&ring), &foreign).0,
+            Some(("forged_checkpoint", 6))
+        );
+        // A signed head that is not the chain's: rows before it were rewritten.
+        let wrong = with_checkpoint(chain(5), &signer, Some([3; 32]));
+        let rw = Registered {
+            key_id: r.key_id.clone(),
+            ..reg(&wrong)
+        };
+        assert_eq!(
+            run(&rw, Some(&ring), &wrong).0,
+            Some(("checkpoint_mismatch", 5))
+        );
+        // A key given, but nothing signed vouches for the rows.
+        let plain = chain(5);
+        assert_eq!(
+            run(&reg(&plain), Some(&ring), &plain).0,
+            Some(("unsigned", 1))
+        );
+    }
+
     #[test]
     fn a_purge_must_be_a_dropped_day_old_enough_whose_runs_count_its_rows() {
         let day = 20_000 * DAY_MS;
