@@ -91,6 +91,10 @@ enum Command {
         /// "prod/" for "{namespace}/{pod}": the streams of earlier pods too; "" for all).
         #[arg(long, requires = "cloudwatch")]
         stream_prefix: Option<String>,
+        /// Check the installation store instead of the spool: every relay's chain in
+        /// PostgreSQL ([postgres]) against its checkpoints, the registry and the purges.
+        #[arg(long, conflicts_with_all = ["from", "to", "cloudwatch"])]
+        postgres: bool,
         /// The report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -211,16 +215,23 @@ fn main() -> ExitCode {
             public_key,
             cloudwatch,
             stream_prefix,
+            postgres,
             json,
-        } => verify(
-            &config,
-            from,
-            to,
-            public_key,
-            cloudwatch,
-            stream_prefix,
-            json,
-        ),
+        } => {
+            if postgres {
+                verify_postgres(&config, public_key, json)
+            } else {
+                verify(
+                    &config,
+                    from,
+                    to,
+                    public_key,
+                    cloudwatch,
+                    stream_prefix,
+                    json,
+                )
+            }
+        }
         Command::Integrity {
             command: IntegrityCommand::PublicKey,
         } => public_key(&config),
@@ -423,18 +434,8 @@ fn verify(
     stream_prefix: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use audit_relay::integrity::{KeyRing, PublicKey};
     use audit_relay::verify;
-    let public_key = match (public_key.is_empty(), &config.integrity.signing_key_file) {
-        (false, _) => public_key
-            .iter()
-            .map(|p| PublicKey::load(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|keys| Some(KeyRing::new(keys))),
-        (true, Some(k)) => Signer::load(k).map(|s| Some(s.public_key().into())),
-        (true, None) => Ok(None),
-    };
-    let public_key = match public_key {
+    let public_key = match key_ring(config, &public_key) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("audit-relay: {e}");
@@ -484,6 +485,75 @@ fn verify(
         if let Some(r) = &cw_report {
             print!("{r}");
         }
+        println!("{}", if ok { "OK" } else { "BROKEN" });
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The keys checkpoints must be signed with: `--public-key` files, else the key of
+/// integrity.signing_key_file, else none.
+fn key_ring(
+    config: &Config,
+    public_key: &[PathBuf],
+) -> Result<Option<audit_relay::integrity::KeyRing>, audit_relay::integrity::KeyError> {
+    use audit_relay::integrity::{KeyRing, PublicKey};
+    match (public_key.is_empty(), &config.integrity.signing_key_file) {
+        (false, _) => public_key
+            .iter()
+            .map(|p| PublicKey::load(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|keys| Some(KeyRing::new(keys))),
+        (true, Some(k)) => Signer::load(k).map(|s| Some(s.public_key().into())),
+        (true, None) => Ok(None),
+    }
+}
+
+/// `verify --postgres`: every relay's chain in the installation store.
+fn verify_postgres(
+    config: &Config,
+    public_key: Vec<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use audit_relay::installation::{connect, verify};
+    let Some(pg) = &config.postgres else {
+        eprintln!("audit-relay: verify --postgres needs a [postgres] section in the config (postgres.url, postgres.password_file)");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let public_key = match key_ring(config, &public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("audit-relay: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let opts = verify::Options {
+        public_key,
+        retention_days: pg.retention_days,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = rt.block_on(async {
+        let mut client = connect(pg).await?;
+        verify::verify(&mut client, &opts).await
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("audit-relay: verify --postgres: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let ok = report.ok();
+    if json {
+        println!("{}", serde_json::json!({ "ok": ok, "postgres": report }));
+    } else {
+        print!("{report}");
         println!("{}", if ok { "OK" } else { "BROKEN" });
     }
     Ok(if ok {

@@ -23,6 +23,7 @@
 pub mod retention;
 pub mod schema;
 pub mod ship;
+pub mod verify;
 
 use crate::config::cloudwatch::{expand_stream, StreamVars};
 use crate::config::postgres::{PostgresConfig, SslMode};
