@@ -174,6 +174,9 @@ pub struct Walk<'a> {
     pub broken: Option<PgBreak>,
     /// The row whose stored hash does not follow `prev`, for the diagnosis.
     pub failed: Option<ChainRow>,
+    /// Other relays this relay's checkpoints witnessed (`peers`): relay_id → the highest
+    /// witnessed seq, and where it was witnessed.
+    pub peers: BTreeMap<String, (i64, String)>,
 }
 
 impl<'a> Walk<'a> {
@@ -195,6 +198,7 @@ impl<'a> Walk<'a> {
             },
             broken: None,
             failed: None,
+            peers: BTreeMap::new(),
         };
         match <[u8; 32]>::try_from(reg.anchor.as_slice()) {
             Ok(a) => w.prev = a,
@@ -435,6 +439,25 @@ impl<'a> Walk<'a> {
                     cp.sequence
                 ),
             );
+        }
+        for p in &cp.peers {
+            let seen = self
+                .peers
+                .get(&p.relay_id)
+                .map(|(s, _)| *s)
+                .unwrap_or(i64::MIN);
+            if p.seq > seen {
+                self.peers.insert(
+                    p.relay_id.clone(),
+                    (
+                        p.seq,
+                        format!(
+                            "relay {:?}'s checkpoint at seq {} witnessed its chain at seq {}",
+                            self.reg.relay_id, r.seq, p.seq
+                        ),
+                    ),
+                );
+            }
         }
         self.report.checkpoints += 1;
         self.report.signed_checkpoints += signed as u64;
@@ -820,6 +843,7 @@ pub async fn verify(
         ));
     }
 
+    let mut peers_witnessed: BTreeMap<String, (i64, String)> = BTreeMap::new();
     // Every registered relay's chain.
     let stmt = tx
         .prepare(ROWS_OF)
@@ -876,6 +900,15 @@ pub async fn verify(
             walk.broken = Some(b);
         }
         walk.end();
+        for (id, (seq, why)) in std::mem::take(&mut walk.peers) {
+            let seen = peers_witnessed
+                .get(&id)
+                .map(|(s, _)| *s)
+                .unwrap_or(i64::MIN);
+            if seq > seen {
+                peers_witnessed.insert(id, (seq, why));
+            }
+        }
         let mut rr = walk.report;
         rr.chain_head = to_hex(&walk.prev);
         rr.ok = walk.broken.is_none();
@@ -912,6 +945,24 @@ pub async fn verify(
             ),
         });
     }
+    // Relays other relays' checkpoints witnessed: still registered, and not behind what
+    // was witnessed.
+    for (id, (seq, why)) in &peers_witnessed {
+        if let Some(reg) = registry.iter().find(|r| &r.relay_id == id) {
+            if reg.shipped_seq < *seq {
+                report.breaks.push(PgBreak {
+                    relay_id: id.clone(),
+                    seq: reg.shipped_seq + 1,
+                    kind: "tail_cut",
+                    detail: format!(
+                        "the registry says relay {id:?} shipped up to seq {}, but {why}: its newest rows were cut and its registry row rewound",
+                        reg.shipped_seq
+                    ),
+                });
+            }
+        }
+        witnesses.entry(id.clone()).or_insert((*seq, why.clone()));
+    }
     // Relays the store names elsewhere whose registry row and rows are gone.
     for (id, (seq, why)) in &witnesses {
         if registered.contains(id.as_str()) || with_rows.contains(id) {
@@ -932,7 +983,7 @@ pub async fn verify(
         );
     }
     report.notes.push(
-        "a relay deleted together with its registry row is found only when the store names it elsewhere (a purge of its rows, the schema's creator)".into(),
+        "a relay deleted together with its registry row is found when the store names it elsewhere: another relay's checkpoint witnessed it (peers), a purge of its rows, or the schema's creator".into(),
     );
     tx.commit()
         .await
