@@ -137,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             api::start(
                 a,
                 &config.spool,
+                config.postgres.as_ref(),
                 tx.clone(),
                 api_stop.clone(),
                 health.api.clone(),
