@@ -60,9 +60,11 @@ impl ReadStore {
         match self {
             ReadStore::Spool { key, .. } => Ok(key.clone()),
             ReadStore::Postgres { reader, health } => {
-                let k = reader.token_key().await;
-                health.observe(k.as_ref().map(|_| ()));
-                k.map(<[u8]>::to_vec).map_err(pg_error)
+                // Once read, the key is kept: a success here says nothing of the store.
+                reader.token_key().await.map(<[u8]>::to_vec).map_err(|e| {
+                    health.observe(Err(&e));
+                    pg_error(e)
+                })
             }
         }
     }
@@ -202,5 +204,49 @@ pub async fn probe(reader: Arc<StoreReader>, health: Arc<StoreHealth>, stop: Can
             _ = tokio::time::sleep(PROBE_EVERY) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::retry::PgClass;
+
+    #[test]
+    fn store_failures_are_unavailable_and_readiness_follows_the_last_outcome() {
+        for class in PgClass::ALL {
+            let e = pg_error(PgError::new(class, "connecting to postgres.url", "refused"));
+            let want = if class == PgClass::Other {
+                Code::Internal
+            } else {
+                Code::Unavailable
+            };
+            assert_eq!(e.code, want, "{class:?}");
+            assert!(
+                !e.message.contains("refused"),
+                "no cause in the answer: {e}"
+            );
+        }
+        let h = StoreHealth::default();
+        assert!(h.up() && h.not_ready().is_none());
+        let e = PgError::new(PgClass::Connection, "connecting to postgres.url", "refused");
+        h.observe(Err(&e));
+        let since = h.down_since_ms.load(Ordering::Relaxed);
+        assert!(!h.up());
+        let why = h.not_ready().unwrap();
+        assert!(
+            why.contains(
+                "the installation store is unreachable: connecting to postgres.url: refused"
+            ),
+            "{why}"
+        );
+        h.observe(Err(&e));
+        assert_eq!(
+            h.down_since_ms.load(Ordering::Relaxed),
+            since,
+            "down since the first failure"
+        );
+        h.observe(Ok(()));
+        assert!(h.up() && h.not_ready().is_none());
     }
 }
