@@ -352,6 +352,15 @@ fn with_postgres_stopped_the_api_answers_unavailable_and_readyz_says_why_ingest_
         },
         &[&r],
     );
+    // `audit-relay query` does not fall back to the spool either.
+    let out = h.cli(&["query", "--org", ORG_A, "--to", &to, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no partial answer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.store = \"postgres\": reading the installation store"),
+        "{err}"
+    );
     // Ingest goes on into the spool.
     let (_, more) = pod_events(&mut g, 1, end - 3_600_000, 10);
     write_lines(&mut f, &more);
