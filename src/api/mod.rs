@@ -11,8 +11,9 @@
 //! installation store that every relay ships to ([`store`]: one seam, the handlers do
 //! not know which). Every call shows a bearer token ([`auth`]); only an organization's
 //! owners, and operator tokens that list it, may read it. Pages are keyset cursors
-//! signed with a key kept in the store that is read ([`token`]). Every successful read appends its own audit event
-//! ([`audit`]) through the spool writer's channel before it is answered. Errors are
+//! signed with a key kept in the store that is read ([`token`]). Every successful read
+//! appends its own audit event ([`audit`]) through the spool writer's channel (also
+//! with the installation store: the shipper ships it) before it is answered. Errors are
 //! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
 //! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
 //! ([`tls`]). Both the API and the admin port are served by [`server`], which caps
@@ -212,20 +213,21 @@ impl ApiState {
     }
 
     /// Up to `limit` events of `q` strictly older than `before`, under a read permit
-    /// that is given back before it returns.
+    /// (a spool read keeps it until its blocking read ends, even if the request is
+    /// dropped meanwhile).
     pub async fn read_rows(
         &self,
         q: &Query,
         before: Option<(i64, i64)>,
         limit: usize,
     ) -> Result<Vec<store::Row>, ApiError> {
-        let _permit = self
+        let permit = self
             .reads
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| ApiError::unavailable("read permits", e))?;
-        self.store.chunk(q, before, limit).await
+        self.store.chunk(permit, q, before, limit).await
     }
 
     async fn read_page(&self, plan: &PagePlan) -> Result<Page, ApiError> {

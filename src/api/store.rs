@@ -70,9 +70,11 @@ impl ReadStore {
     }
 
     /// Up to `limit` of `q`'s events, newest first, strictly older than `before`
-    /// (`q.limit` is ignored). A spool read runs on a blocking thread.
+    /// (`q.limit` is ignored), holding `permit` while it reads. A spool read runs on a
+    /// blocking thread, which keeps the permit until it ends.
     pub async fn chunk(
         self: &Arc<Self>,
+        permit: tokio::sync::OwnedSemaphorePermit,
         q: &Query,
         before: Option<(i64, i64)>,
         limit: usize,
@@ -81,6 +83,7 @@ impl ReadStore {
             ReadStore::Spool { .. } => {
                 let (this, q) = (self.clone(), q.clone());
                 tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     let ReadStore::Spool { readers, .. } = &*this else {
                         unreachable!("matched above")
                     };
@@ -101,6 +104,7 @@ impl ReadStore {
             }
             ReadStore::Postgres { reader, health } => {
                 let r = reader.page(q, before, limit).await;
+                drop(permit);
                 health.observe(r.as_ref().map(|_| ()));
                 r.map_err(pg_error).map(|rows| {
                     rows.into_iter()
