@@ -4,7 +4,8 @@
 //! - `GET /readyz`: 200 when the spool is open and being written, the sources are
 //!   running, and the forwarder is not stuck (CloudWatch has not refused our
 //!   credentials or permissions for over a minute, no stream is stopped by the
-//!   InvalidParameter breaker, every forwarder runs); otherwise 503 naming each reason.
+//!   InvalidParameter breaker, every forwarder runs), and, with `api.store = "postgres"`,
+//!   the installation store answers the query API; otherwise 503 naming each reason.
 //! - `GET /metrics`: Prometheus text format. Totals come from the spool's own counters
 //!   (they survive restarts), so they match `audit-relay spool stats`. Every labelled
 //!   counter is written for each of its known label values from the start, at 0, so
@@ -72,6 +73,9 @@ impl Health {
             .collect();
         if let Some(ship) = self.ship.lock().expect("health").as_ref() {
             r.extend(ship.not_ready(SHIP_DOWN_GRACE_MS));
+        }
+        if self.api.store.enabled.load(Ordering::Relaxed) {
+            r.extend(self.api.store.not_ready());
         }
         r
     }
@@ -463,6 +467,15 @@ fn render(s: &AdminState) -> Result<String, crate::spool::SpoolError> {
         render_ship(&mut o, &ship);
     }
     process::render(&mut o);
+    if s.health.api.store.enabled.load(Ordering::Relaxed) {
+        metric(
+            &mut o,
+            "audit_relay_api_store_up",
+            "gauge",
+            "1 while the installation store answers the query API (api.store = \"postgres\"), 0 while it is unreachable (the API answers 503).",
+            &one(if s.health.api.store.up() { 1.0 } else { 0.0 }),
+        );
+    }
     let ready = s.health.not_ready_reasons().is_empty();
     metric(
         &mut o,

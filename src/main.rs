@@ -104,7 +104,8 @@ enum Command {
         #[command(subcommand)]
         command: IntegrityCommand,
     },
-    /// Read one organization's events from the spool, newest first.
+    /// Read one organization's events, newest first: from the spool, or with
+    /// api.store = "postgres" from the installation store (every relay's events).
     Query {
         /// Organization id.
         #[arg(long)]
@@ -659,25 +660,49 @@ fn query(config: &Config, req: &QueryRequest, json: bool) -> anyhow::Result<Exit
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let spool = Spool::open_read_only(&config.spool.dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    spool.query_each(&q, |ev| -> anyhow::Result<()> {
-        let api = ApiAuditLog::from_body(&ev.body, ev.ts_ms)
-            .map_err(|r| anyhow::anyhow!("stored event {} is corrupt: {r}", ev.seq))?;
+    let mut print = |ts_ms: i64, body: &str, seq: i64| -> anyhow::Result<()> {
+        let api = ApiAuditLog::from_body(body, ts_ms)
+            .map_err(|r| anyhow::anyhow!("stored event {seq} is corrupt: {r}"))?;
         if json {
             writeln!(out, "{}", serde_json::to_string(&api)?)?;
         } else {
             writeln!(
                 out,
                 "{}  {}  actor={}  id={}",
-                format_timestamp_ms(ev.ts_ms),
+                format_timestamp_ms(ts_ms),
                 api.action,
                 api.actor_id,
                 api.id
             )?;
         }
         Ok(())
-    })?;
+    };
+    let from_store = config
+        .api
+        .as_ref()
+        .is_some_and(|a| a.store == audit_relay::config::api::Store::Postgres);
+    match config.postgres.as_ref().filter(|_| from_store) {
+        // The installation store: the same rows in the same order as the query API.
+        Some(pg) => {
+            use audit_relay::installation::query::StoreReader;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(async {
+                let reader = StoreReader::new(pg)?;
+                reader
+                    .each(&q, 1000, |r| print(r.ts_ms, &r.body, r.gseq))
+                    .await
+            })
+            .context("api.store = \"postgres\": reading the installation store")?;
+        }
+        None => {
+            let spool = Spool::open_read_only(&config.spool.dir)?;
+            spool.query_each(&q, |ev| print(ev.ts_ms, &ev.body, ev.seq))?;
+        }
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -143,6 +143,7 @@ pub async fn run(
             let (server, reloader) = api::start(
                 a,
                 &config.spool,
+                config.postgres.as_ref(),
                 tx.clone(),
                 api_stop.clone(),
                 health.api.clone(),

@@ -2,10 +2,13 @@
 //! line, newest first, streamed.
 //!
 //! Invariants, each against a failure seen in the field:
-//! - The spool is read in keyset chunks of [`EXPORT_ROWS`] rows, each its own short read
-//!   transaction, resuming strictly after the last `(ts_ms, seq)` sent: a client that
-//!   reads slowly never holds a snapshot, so the WAL can restart while ingest goes on.
-//!   `(ts_ms, seq)` is unique, so no row is sent twice or skipped at a chunk boundary.
+//! - The store is read in keyset chunks of [`EXPORT_ROWS`] rows, each its own short read
+//!   transaction, resuming strictly after the last `(ts_ms, tiebreak)` sent: a client
+//!   that reads slowly never holds a snapshot, so the WAL can restart while ingest goes
+//!   on. `(ts_ms, seq)` (spool) and `(ts_ms, gseq)` (installation store) are unique, so
+//!   no row is sent twice or skipped at a chunk boundary.
+//! - From the installation store the first chunk is read before the answer starts: a
+//!   store that cannot be read is answered 503 `unavailable`, not with a cut stream.
 //! - A read permit is held only while a chunk is read, never while the client is waited
 //!   for; exports have their own slots ([`ExportSlots`]: `api.max_exports` in all, and
 //!   `api.max_exports_per_caller` each), so no caller can starve the page reads.
@@ -14,6 +17,7 @@
 //!   never mistakes it for a complete one.
 
 use super::error::{ApiError, Code};
+use super::store::{ReadStore, Row};
 use super::{rest, ApiState};
 use crate::event::ApiAuditLog;
 use crate::query::Query;
@@ -156,8 +160,12 @@ pub async fn export(
         let caller = s.authenticate(&headers)?;
         let (org, params) = rest::path_and_query(org, params)?;
         let req = rest::rest_request(org, &params, &["from", "to", "actorId", "action"])?;
-        let plan = s.authorize(&caller, &req, super::request::REST)?;
+        let plan = s.authorize(&caller, &req, super::request::REST).await?;
         let slot = s.exports.try_start(&caller.actor_id())?;
+        let first = match &*s.store {
+            ReadStore::Postgres { .. } => Some(s.read_rows(&plan.query, None, EXPORT_ROWS).await?),
+            ReadStore::Spool { .. } => None,
+        };
         s.record_read(&caller, &plan, true).await?;
         let (tx, rx) = mpsc::channel(EXPORT_CHUNKS);
         let complete = Arc::new(AtomicBool::new(false));
@@ -165,7 +173,7 @@ pub async fn export(
         let state = s.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if stream(&state, plan.query, &tx).await.is_ok() {
+            if stream(&state, plan.query, first, &tx).await.is_ok() {
                 done.store(true, Ordering::Release);
             }
         });
@@ -178,18 +186,27 @@ pub async fn export(
     s.within_timeout(work).await
 }
 
-/// Reads `q` chunk by chunk and sends it as NDJSON pieces through `tx`.
-async fn stream(s: &ApiState, q: Query, tx: &mpsc::Sender<Bytes>) -> Result<(), Stop> {
+/// Reads `q` chunk by chunk (the first one already read, if `first`) and sends it as
+/// NDJSON pieces through `tx`.
+async fn stream(
+    s: &ApiState,
+    q: Query,
+    mut first: Option<Vec<Row>>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), Stop> {
     let stall = s.export_stall_timeout;
     let mut before = None;
     let mut buf = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
     loop {
-        let rows = read_chunk(s, &q, before).await?;
+        let rows = match first.take() {
+            Some(rows) => rows,
+            None => read_chunk(s, &q, before).await?,
+        };
         let last_chunk = rows.len() < EXPORT_ROWS;
         for e in rows {
-            before = Some((e.ts_ms, e.seq));
+            before = Some((e.ts_ms, e.tiebreak));
             let log = ApiAuditLog::from_body(&e.body, e.ts_ms).map_err(|r| {
-                tracing::error!(seq = e.seq, reason = %r, "query API: export met a corrupt event");
+                tracing::error!(seq = e.tiebreak, reason = %r, "query API: export met a corrupt event");
                 Stop::Failed
             })?;
             serde_json::to_writer(&mut buf, &log).expect("a log serializes");
@@ -208,31 +225,10 @@ async fn stream(s: &ApiState, q: Query, tx: &mpsc::Sender<Bytes>) -> Result<(), 
     Ok(())
 }
 
-/// One keyset chunk, read under a read permit that is given back before it returns.
-async fn read_chunk(
-    s: &ApiState,
-    q: &Query,
-    before: Option<(i64, i64)>,
-) -> Result<Vec<crate::spool::StoredEvent>, Stop> {
-    let permit = s
-        .reads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Stop::Closed)?;
-    let (state, q) = (s.clone(), q.clone());
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        state
-            .readers
-            .with(|spool| spool.query_chunk(&q, before, EXPORT_ROWS))
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "query API: export reader");
-        Stop::Failed
-    })?
-    .map_err(|e| {
+/// One keyset chunk, read under a read permit that is given back before it returns
+/// (the cause of a failure is logged where it happens).
+async fn read_chunk(s: &ApiState, q: &Query, before: Option<(i64, i64)>) -> Result<Vec<Row>, Stop> {
+    s.read_rows(q, before, EXPORT_ROWS).await.map_err(|e| {
         tracing::error!(error = %e, "query API: export failed");
         Stop::Failed
     })

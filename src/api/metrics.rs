@@ -91,10 +91,13 @@ impl Default for RouteMetrics {
     }
 }
 
-/// What the API reports about its requests.
+/// What the API reports about its requests, and about the installation store it reads
+/// with `api.store = "postgres"` (for `/readyz`).
 #[derive(Default)]
 pub struct ApiMetrics {
     routes: [RouteMetrics; 4],
+    /// Whether the installation store answers (unused with `api.store = "spool"`).
+    pub store: Arc<super::store::StoreHealth>,
 }
 
 impl std::fmt::Debug for ApiMetrics {

@@ -5,12 +5,15 @@
 //! - `GET /v1/organizations/{organizationId}/audit-logs?from&to&actorId&action&pageSize&pageToken`
 //!   — the same page as JSON ([`rest`]);
 //! - `GET /v1/organizations/{organizationId}/audit-logs/export?from&to&actorId&action` —
-//!   NDJSON, streamed from the spool in short keyset chunks ([`export`]).
+//!   NDJSON, streamed in short keyset chunks ([`export`]).
 //!
-//! Every call shows a bearer token ([`auth`]); only an organization's owners, and
-//! operator tokens that list it, may read it. Pages are keyset cursors signed with a
-//! key kept in the spool ([`token`]). Every successful read appends its own audit event
-//! ([`audit`]) through the spool writer's channel before it is answered. Errors are
+//! Reads come from this relay's spool, or with `api.store = "postgres"` from the
+//! installation store that every relay ships to ([`store`]: one seam, the handlers do
+//! not know which). Every call shows a bearer token ([`auth`]); only an organization's
+//! owners, and operator tokens that list it, may read it. Pages are keyset cursors
+//! signed with a key kept in the store that is read ([`token`]). Every successful read
+//! appends its own audit event ([`audit`]) through the spool writer's channel (also
+//! with the installation store: the shipper ships it) before it is answered. Errors are
 //! Connect errors ([`error`]). Every request is counted and timed ([`metrics`], rendered
 //! by the admin server); with `api.tls_cert` and `api.tls_key` the API is served over TLS
 //! ([`tls`]). Both the API and the admin port are served by [`server`], which caps
@@ -32,6 +35,7 @@ pub mod reload;
 pub mod request;
 pub mod rest;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod token;
 
@@ -41,9 +45,11 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/gitpod.v1.rs"));
 }
 
-use crate::config::api::ApiConfig;
+use crate::config::api::{ApiConfig, Store};
+use crate::config::postgres::PostgresConfig;
 use crate::config::SpoolConfig;
 use crate::event::ApiAuditLog;
+use crate::query::Query;
 use crate::spool::{AppendBatch, Spool, SpoolError};
 use anyhow::Context;
 use auth::{Authenticator, Caller, SharedAuthenticator};
@@ -60,6 +66,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use store::ReadStore;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +89,7 @@ pub struct Page {
 }
 
 /// Read-only spool connections, reused.
-struct Readers {
+pub struct Readers {
     dir: PathBuf,
     idle: Mutex<Vec<Spool>>,
 }
@@ -108,8 +115,8 @@ impl Readers {
 pub struct Inner {
     /// Replaced whole on SIGHUP ([`reload`]).
     auth: SharedAuthenticator,
-    readers: Readers,
-    key: Vec<u8>,
+    /// Where reads come from.
+    store: Arc<ReadStore>,
     audit: SyncSender<AppendBatch>,
     reads: Arc<Semaphore>,
     /// Running exports, in all and per caller.
@@ -138,22 +145,17 @@ fn now_ms() -> i64 {
 }
 
 impl ApiState {
-    /// `key` signs page tokens; `audit` is the spool writer's channel; `metrics` counts
-    /// the requests.
+    /// `store` is where reads come from; `audit` is the spool writer's channel;
+    /// `metrics` counts the requests.
     pub fn new(
         config: &ApiConfig,
-        spool_dir: PathBuf,
-        key: Vec<u8>,
+        store: ReadStore,
         audit: SyncSender<AppendBatch>,
         metrics: Arc<ApiMetrics>,
     ) -> Result<ApiState, String> {
         Ok(ApiState(Arc::new(Inner {
             auth: SharedAuthenticator::new(Authenticator::from_config(config)?),
-            readers: Readers {
-                dir: spool_dir,
-                idle: Mutex::new(Vec::new()),
-            },
-            key,
+            store: Arc::new(store),
             audit,
             reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
             exports: export::ExportSlots::new(config.max_exports, config.max_exports_per_caller),
@@ -187,14 +189,16 @@ impl ApiState {
         }
     }
 
-    /// Validates and authorizes a request: 400, then 403.
-    pub fn authorize(
+    /// Validates and authorizes a request: 400, then 403 (503 when the installation
+    /// store holding the page-token key cannot be read).
+    pub async fn authorize(
         &self,
         caller: &Caller,
         req: &ListRequest,
         names: FieldNames,
     ) -> Result<PagePlan, ApiError> {
-        let plan = request::plan(req, now_ms(), &self.key, names)?;
+        let key = self.store.key().await?;
+        let plan = request::plan(req, now_ms(), &key, names)?;
         if !caller.may_read(&plan.query.organization_id) {
             return Err(ApiError::permission_denied());
         }
@@ -208,42 +212,41 @@ impl ApiState {
         req: &ListRequest,
         names: FieldNames,
     ) -> Result<Page, ApiError> {
-        let plan = self.authorize(caller, req, names)?;
+        let plan = self.authorize(caller, req, names).await?;
+        let page = self.read_page(&plan).await?;
+        self.record_read(caller, &plan, false).await?;
+        Ok(page)
+    }
+
+    /// Up to `limit` events of `q` strictly older than `before`, under a read permit
+    /// (a spool read keeps it until its blocking read ends, even if the request is
+    /// dropped meanwhile).
+    pub async fn read_rows(
+        &self,
+        q: &Query,
+        before: Option<(i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<store::Row>, ApiError> {
         let permit = self
             .reads
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| ApiError::unavailable("read permits", e))?;
-        let (this, p) = (self.clone(), plan.clone());
-        let page = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.read_page(&p)
-        })
-        .await
-        .map_err(|e| ApiError::internal("page reader", e))??;
-        self.record_read(caller, &plan, false).await?;
-        Ok(page)
+        self.store.chunk(permit, q, before, limit).await
     }
 
-    fn read_page(&self, plan: &PagePlan) -> Result<Page, ApiError> {
+    async fn read_page(&self, plan: &PagePlan) -> Result<Page, ApiError> {
         let size = plan.query.limit;
-        let mut q = plan.query.clone();
         // One more than the page tells whether there is a next page.
-        q.limit = size + 1;
-        let mut rows = Vec::with_capacity(q.limit);
-        self.readers
-            .with(|spool| {
-                spool.query_page_each(&q, plan.before, |e| {
-                    rows.push(e);
-                    Ok::<(), SpoolError>(())
-                })
-            })
-            .map_err(|e| ApiError::internal("reading the spool", e))?;
+        let mut rows = self.read_rows(&plan.query, plan.before, size + 1).await?;
         let more = rows.len() > size;
         rows.truncate(size);
         let next_token = match (more, rows.last()) {
-            (true, Some(last)) => plan.next_token(&self.key, last.ts_ms, last.seq),
+            (true, Some(last)) => {
+                let key = self.store.key().await?;
+                plan.next_token(&key, last.ts_ms, last.tiebreak)
+            }
             _ => String::new(),
         };
         let mut page = Page {
@@ -254,8 +257,8 @@ impl ApiState {
         for e in rows {
             let log = ApiAuditLog::from_body(&e.body, e.ts_ms).map_err(|r| {
                 ApiError::internal(
-                    "reading the spool",
-                    format!("stored event {} is corrupt: {r}", e.seq),
+                    &format!("reading the {}", self.store.name()),
+                    format!("stored event {} is corrupt: {r}", e.tiebreak),
                 )
             })?;
             page.logs.push(log);
@@ -328,12 +331,15 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Binds `api.listen` and serves until `stop` (over TLS with `api.tls_cert` and
-/// `api.tls_key`). Creates the spool if needed, for its page-token key; `audit` is the
-/// spool writer's channel; `metrics` counts the requests. The [`reload::Reloader`]
-/// replaces the keys, tokens and certificate while it runs.
+/// `api.tls_key`). Reads come from the spool (created if needed, for its page-token
+/// key) or, with `api.store = "postgres"`, from the installation store of `postgres`
+/// (probed until `stop`, for `/readyz`); `audit` is the spool writer's channel;
+/// `metrics` counts the requests. The [`reload::Reloader`] replaces the keys, tokens
+/// and certificate while it runs.
 pub async fn start(
     config: &ApiConfig,
     spool: &SpoolConfig,
+    postgres: Option<&PostgresConfig>,
     audit: SyncSender<AppendBatch>,
     stop: CancellationToken,
     metrics: Arc<ApiMetrics>,
@@ -342,23 +348,48 @@ pub async fn start(
         (Some(cert), Some(key)) => Some(tls::shared(tls::server_config(cert, key)?)),
         _ => None,
     };
-    let key = {
-        let s = Spool::open(&spool.dir, spool.durability, 1 << 20)
-            .with_context(|| format!("opening the spool in {}", spool.dir.display()))?;
-        s.meta_secret(PAGE_TOKEN_KEY, || {
-            let mut k = vec![0u8; 32];
-            getrandom::getrandom(&mut k).expect("the OS random source");
-            k
-        })?
+    let store = match (config.store, postgres) {
+        (Store::Spool, _) => {
+            let s = Spool::open(&spool.dir, spool.durability, 1 << 20)
+                .with_context(|| format!("opening the spool in {}", spool.dir.display()))?;
+            let key = s.meta_secret(PAGE_TOKEN_KEY, || {
+                let mut k = vec![0u8; 32];
+                getrandom::getrandom(&mut k).expect("the OS random source");
+                k
+            })?;
+            ReadStore::Spool {
+                readers: Readers {
+                    dir: spool.dir.clone(),
+                    idle: Mutex::new(Vec::new()),
+                },
+                key,
+            }
+        }
+        (Store::Postgres, None) => {
+            anyhow::bail!("api.store: \"postgres\" needs a [postgres] section (the installation store to answer from)")
+        }
+        (Store::Postgres, Some(pg)) => {
+            let reader = Arc::new(
+                crate::installation::query::StoreReader::new(pg)
+                    .map_err(|e| anyhow::anyhow!("api.store = \"postgres\": {e}"))?,
+            );
+            let health = metrics.store.clone();
+            health
+                .enabled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(store::probe(reader.clone(), health.clone(), stop.clone()));
+            ReadStore::Postgres { reader, health }
+        }
     };
-    let state = ApiState::new(config, spool.dir.clone(), key, audit, metrics)
-        .map_err(anyhow::Error::msg)?;
+    let store_name = store.name();
+    let state = ApiState::new(config, store, audit, metrics).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("api.listen: cannot listen on {}", config.listen))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         tls = tls.is_some(),
+        store = store_name,
         "query API listening"
     );
     let reloader = reload::Reloader::new(state.auth.clone(), tls.clone());

@@ -20,6 +20,7 @@
 //!   `audit_purges` with, for every relay, the runs of sequence numbers dropped and the
 //!   chain hash at each run's end (where verification picks up again).
 
+pub mod query;
 pub mod retention;
 pub mod schema;
 pub mod ship;

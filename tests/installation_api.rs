@@ -1,0 +1,400 @@
+//! The query API from the installation store (`api.store = "postgres"`), end to end:
+//! three real relays (the binary) each tailing its own pod's file, each shipping to one
+//! real PostgreSQL server, and each answering ListAuditLogs from it, over real HTTP.
+//! Whichever relay is asked, the pages and their tokens are the same; a token from one
+//! relay continues on another; with the server stopped the API answers 503 and
+//! `/readyz` says why, while ingest goes on.
+
+mod api_common;
+mod common;
+
+use api_common::*;
+use common::postgres::Postgres;
+use common::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+const RELAYS: [&str; 3] = ["pod-a", "pod-b", "pod-c"];
+const ORG_C: &str = "cccccccc-0000-4000-8000-00000000000c";
+
+/// A relay whose API reads the installation store, with its admin port.
+fn relay(pg: &Postgres, relay_id: &str) -> Harness {
+    let (h, _) = api_harness_with(&[], &["store = \"postgres\""]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str(&pg.config_section(relay_id, &["retention_days = 36500"]));
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    h.write_config(&text);
+    h
+}
+
+fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool, logs: &[&Relay]) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > deadline {
+            let logs: Vec<String> = logs.iter().map(|r| r.log()).collect();
+            panic!(
+                "timed out waiting for {what}\n--- relay logs ---\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The events of one pod's file: `per_org` for each of ORG_A, ORG_B and ORG_C, at
+/// `end_ms - k s` (the same instants on every pod: the store's tiebreak orders them).
+/// Returns (ORG_A's ids, lines).
+fn pod_events(
+    g: &mut gen::Gen,
+    pod: usize,
+    end_ms: i64,
+    per_org: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut a_ids = Vec::new();
+    let mut lines = Vec::new();
+    for k in 0..per_org as i64 {
+        for org in [ORG_A, ORG_B, ORG_C] {
+            let id = g.uuid();
+            let actor = format!("a0000000-0000-4000-8000-00000000000{pod}");
+            let ms = end_ms - 1000 * (k / 2) - (k % 2) * 3;
+            lines.push(event_line(&id, ms, "startWorkspace", org, &actor, k as u64));
+            if org == ORG_A {
+                a_ids.push(id);
+            }
+        }
+    }
+    (a_ids, lines)
+}
+
+/// Store rows of the relays' own events (not the reads' audit events).
+fn stored_events(pg: &Postgres) -> i64 {
+    pg.try_i64(&format!(
+        "SELECT count(*) FROM audit_events WHERE organization_id <> '' AND action <> '{READ_ACTION}'"
+    ))
+    .unwrap_or(0)
+}
+
+/// Events of the pods' files in a relay's spool (not the reads' own).
+fn spooled_events(h: &Harness) -> i64 {
+    h.db()
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM events WHERE action = 'startWorkspace'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A Connect JSON page for ORG_A up to `to`, `size` at a time, after `token`.
+fn page(addr: &str, to: &str, size: u32, token: &str) -> Resp {
+    list_json(
+        addr,
+        Some(ADMIN_TOKEN),
+        &json!({"organizationId": ORG_A, "to": to, "pagination": {"pageSize": size, "token": token}}),
+    )
+}
+
+#[test]
+fn every_relay_answers_the_same_pages_and_tokens_from_the_installation_store() {
+    const PER_ORG: usize = 130;
+    let pg = Postgres::start();
+    let hs: Vec<Harness> = RELAYS.iter().map(|id| relay(&pg, id)).collect();
+    // Every event is a minute old or more; the walks' window ends at `to`, before the
+    // reads' own audit events (which the relays store and ship as they answer).
+    let end = now_ms() - 120_000;
+    let to = rfc3339_ms(end + 60_000);
+    let mut all_a: HashSet<String> = HashSet::new();
+    for (i, h) in hs.iter().enumerate() {
+        let mut g = gen::Gen::new(40 + i as u64);
+        let (ids, lines) = pod_events(&mut g, i, end, PER_ORG);
+        all_a.extend(ids);
+        write_lines(&mut append_to(&h.log("server.log")), &lines);
+    }
+    assert_eq!(all_a.len(), 3 * PER_ORG);
+    let mut rs: Vec<Relay> = hs.iter().map(|h| h.start()).collect();
+    for (h, r) in hs.iter().zip(rs.iter_mut()) {
+        h.wait_events(r, 3 * PER_ORG as u64);
+    }
+    let addrs: Vec<String> = rs.iter().map(api_addr).collect();
+    {
+        let refs: Vec<&Relay> = rs.iter().collect();
+        wait_for(
+            "every relay's events in the store",
+            DEADLINE,
+            || stored_events(&pg) == 9 * PER_ORG as i64,
+            &refs,
+        );
+    }
+
+    // The walk: page n through relay n % 3 with the token the previous relay gave; the
+    // other two relays, asked the same, answer the same bytes.
+    let mut token = String::new();
+    let mut walked: Vec<serde_json::Value> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut answers = Vec::new();
+        for k in 0..3 {
+            let r = page(&addrs[(pages + k) % 3], &to, 50, &token);
+            assert_eq!(
+                r.status,
+                200,
+                "page {pages} via {}: {}",
+                RELAYS[(pages + k) % 3],
+                r.text()
+            );
+            answers.push(r.json());
+        }
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "page {pages}: relay {} and {}",
+            RELAYS[pages % 3],
+            RELAYS[(pages + 1) % 3]
+        );
+        assert_eq!(
+            answers[0],
+            answers[2],
+            "page {pages}: relay {} and {}",
+            RELAYS[pages % 3],
+            RELAYS[(pages + 2) % 3]
+        );
+        let logs = answers[0]["auditLogs"].as_array().unwrap().clone();
+        walked.extend(logs);
+        pages += 1;
+        token = answers[0]["pagination"]["nextToken"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if token.is_empty() {
+            break;
+        }
+        assert!(pages < 100, "the walk does not end");
+    }
+    assert_eq!(pages, 8, "390 events in pages of 50");
+    // One organization's events from all three relays, each once, none of another
+    // organization, no checkpoint or ledger row, newest first.
+    let ids: Vec<String> = walked
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3 * PER_ORG, "each event once");
+    assert_eq!(ids.iter().cloned().collect::<HashSet<_>>(), all_a);
+    assert!(walked.iter().all(|l| l["organizationId"] == ORG_A));
+    let ts: Vec<i64> = walked
+        .iter()
+        .map(|l| audit_relay::event::parse_timestamp_ms(l["timestamp"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    // Exactly the store's order, its tiebreak included (the same instant on three pods).
+    let mut c = pg.client();
+    let store_order: Vec<String> = c
+        .query(
+            "SELECT id::text FROM audit_events WHERE organization_id = $1 AND ts_ms <= $2
+             ORDER BY ts_ms DESC, gseq DESC",
+            &[&ORG_A, &(end + 60_000)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, store_order);
+
+    // The REST form and the NDJSON export answer the same, through another relay.
+    let rest = get(
+        &addrs[1],
+        ADMIN_TOKEN,
+        &format!("/v1/organizations/{ORG_A}/audit-logs?to={to}&pageSize=50"),
+    );
+    assert_eq!(rest.status, 200, "{}", rest.text());
+    assert_eq!(rest.json()["auditLogs"], json!(walked[..50]));
+    let next = rest.json()["pagination"]["nextToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = page(&addrs[2], &to, 50, &next);
+    assert_eq!(
+        second.json()["auditLogs"],
+        json!(walked[50..100]),
+        "a REST token from B continues on C"
+    );
+    let export = get(
+        &addrs[2],
+        ADMIN_TOKEN,
+        &format!("/v1/organizations/{ORG_A}/audit-logs/export?to={to}"),
+    );
+    assert_eq!(export.status, 200, "{}", export.text());
+    let exported: Vec<String> = export
+        .text()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        exported, ids,
+        "the export gives the walk's events in its order"
+    );
+
+    // `audit-relay query` answers from the store too: the same rows in the same order.
+    let out = hs[1].cli_ok(&[
+        "query", "--org", ORG_A, "--to", &to, "--limit", "1000", "--json",
+    ]);
+    let cli: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(cli, ids, "audit-relay query from the installation store");
+    let out = hs[0].cli_ok(&[
+        "query", "--org", ORG_A, "--to", &to, "--limit", "7", "--json",
+    ]);
+    assert_eq!(out.lines().count(), 7, "--limit holds");
+
+    // Reads stay audited: each relay stored its reads' own events and shipped them.
+    {
+        let refs: Vec<&Relay> = rs.iter().collect();
+        wait_for(
+            "every relay's read events shipped",
+            DEADLINE,
+            || {
+                RELAYS.iter().enumerate().all(|(i, id)| {
+                    let local = read_events(&hs[i]).len() as i64;
+                    local > 0
+                        && pg.try_i64(&format!(
+                            "SELECT count(*) FROM audit_events WHERE relay_id = '{id}' AND action = '{READ_ACTION}'"
+                        )) == Some(local)
+                })
+            },
+            &refs,
+        );
+    }
+    for r in rs {
+        r.terminate();
+    }
+}
+
+#[test]
+fn with_postgres_stopped_the_api_answers_unavailable_and_readyz_says_why_ingest_goes_on() {
+    let pg = Postgres::start();
+    let h = relay(&pg, "pod-a");
+    let end = now_ms() - 120_000;
+    let to = rfc3339_ms(end + 60_000);
+    let mut g = gen::Gen::new(9);
+    let (_, lines) = pod_events(&mut g, 0, end, 20);
+    let mut f = append_to(&h.log("server.log"));
+    write_lines(&mut f, &lines);
+    let mut r = h.start();
+    h.wait_events(&mut r, 60);
+    let addr = api_addr(&r);
+    let admin = logged_addr(&r, "admin endpoints listening");
+    wait_for(
+        "events in the store",
+        DEADLINE,
+        || stored_events(&pg) == 60,
+        &[&r],
+    );
+    let ok = page(&addr, &to, 5, "");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let token = ok.json()["pagination"]["nextToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let readyz = || request(&admin, "GET", "/readyz", &[], Send::None);
+    wait_for("ready", DEADLINE, || readyz().status == 200, &[&r]);
+
+    pg.stop_immediate();
+    // Every form of the read answers 503 unavailable, saying why; never the spool's rows.
+    for resp in [
+        page(&addr, &to, 5, ""),
+        page(&addr, &to, 5, &token),
+        get(
+            &addr,
+            ADMIN_TOKEN,
+            &format!("/v1/organizations/{ORG_A}/audit-logs?to={to}"),
+        ),
+        get(
+            &addr,
+            ADMIN_TOKEN,
+            &format!("/v1/organizations/{ORG_A}/audit-logs/export?to={to}"),
+        ),
+    ] {
+        assert_eq!(resp.status, 503, "{}", resp.text());
+        let v = resp.json();
+        assert_eq!(v["code"], "unavailable");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("installation store (PostgreSQL) is unreachable"),
+            "{v}"
+        );
+    }
+    wait_for(
+        "/readyz names the installation store",
+        DEADLINE,
+        || {
+            let r = readyz();
+            r.status == 503
+                && r.text().contains(
+                    "query API (api.store = \"postgres\"): the installation store is unreachable",
+                )
+        },
+        &[&r],
+    );
+    // `audit-relay query` does not fall back to the spool either.
+    let out = h.cli(&["query", "--org", ORG_A, "--to", &to, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no partial answer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.store = \"postgres\": reading the installation store"),
+        "{err}"
+    );
+    // Ingest goes on into the spool.
+    let (_, more) = pod_events(&mut g, 1, end - 3_600_000, 10);
+    write_lines(&mut f, &more);
+    wait_for(
+        "ingest while the store is down",
+        DEADLINE,
+        || spooled_events(&h) == 90,
+        &[&r],
+    );
+
+    pg.start_again();
+    wait_for(
+        "the API answers again",
+        Duration::from_secs(60),
+        || page(&addr, &to, 5, &token).status == 200,
+        &[&r],
+    );
+    let again = page(&addr, &to, 5, "");
+    assert_eq!(
+        again.json()["auditLogs"],
+        ok.json()["auditLogs"],
+        "the same first page"
+    );
+    wait_for(
+        "ready again",
+        Duration::from_secs(60),
+        || readyz().status == 200,
+        &[&r],
+    );
+    wait_for(
+        "the events read while the store was down are shipped",
+        Duration::from_secs(60),
+        || stored_events(&pg) == 90,
+        &[&r],
+    );
+    r.terminate();
+}
