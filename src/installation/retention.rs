@@ -73,6 +73,11 @@ pub async fn run_once(
             ..Default::default()
         });
     }
+    // DROP TABLE needs an exclusive lock: behind a long reader (verify --postgres) it
+    // would queue every insert behind it. Give up after a while; the next pass retries.
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+        .await
+        .map_err(pg)?;
     let mut pass = Pass::default();
     let days = schema::partitions(&tx).await?;
     for day in days.into_iter().filter(|d| d + DAY_MS <= cut) {

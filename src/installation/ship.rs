@@ -29,6 +29,10 @@ pub const PG_CURSOR: &str = "postgres";
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a relay runs the store's retention (one relay at a time does the work), and
+/// how long after connecting it first does.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+const RETENTION_FIRST: Duration = Duration::from_secs(60);
 /// How often the shipper refreshes the peers its relay's checkpoints witness.
 const PEERS_EVERY: Duration = Duration::from_secs(5);
 /// At most this many peers per checkpoint (the most recently seen).
@@ -251,10 +255,36 @@ impl Shipper {
         let mut last_day_check = Instant::now();
         let mut peers_at: Option<Instant> = None;
         let mut prefetched: Option<(i64, Vec<ChainRow>)> = None;
+        let mut retention_at = Instant::now() + RETENTION_FIRST;
         while !self.cancel.is_cancelled() {
             if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
                 peers_at = Some(Instant::now());
                 self.refresh_peers(&client).await?;
+            }
+            if Instant::now() >= retention_at {
+                retention_at = Instant::now() + RETENTION_EVERY;
+                let pass = match super::retention::run_once(
+                    &mut client,
+                    &self.relay_id,
+                    self.cfg.retention_days,
+                    crate::spool::now_ms(),
+                )
+                .await
+                {
+                    Ok(pass) => pass,
+                    Err(e) if e.class == PgClass::Connection => return Err(e),
+                    Err(e) => {
+                        // Shipping goes on; retention tries again at its next pass.
+                        tracing::warn!(error = %e, "installation store retention did not run; trying again in an hour");
+                        super::retention::Pass::default()
+                    }
+                };
+                self.health
+                    .partitions_dropped
+                    .fetch_add(pass.dropped.len() as u64, Ordering::Relaxed);
+                if !pass.dropped.is_empty() {
+                    known = schema::partitions(&client).await?;
+                }
             }
             end = end.max(self.inbox.committed_seq());
             self.health.spool_seq.store(end, Ordering::Relaxed);
