@@ -449,3 +449,69 @@ fn verify_textfile_reports_intact_broken_and_unreadable() {
     assert_eq!(code, 2);
     assert_eq!(m["audit_relay_verify_result"], 2.0);
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation other than `-` and `_` dropped,
+/// spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_its_runbook_entry_and_the_runbook_links_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut in_code = false;
+    let mut anchors = BTreeSet::new();
+    for line in ops.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            anchors.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    let rules = std::fs::read_to_string(prometheus_dir().join("alerts.yaml")).unwrap();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook: "))
+        .map(|r| r.trim_matches('"'))
+        .collect();
+    assert_eq!(runbooks.len(), alerts().len(), "one runbook link per alert");
+    for ((name, _), link) in alerts().iter().zip(&runbooks) {
+        assert_eq!(
+            *link,
+            format!("docs/operations.md#alert-{}", name.to_lowercase()),
+            "{name}"
+        );
+        let a = link.split_once('#').unwrap().1;
+        assert!(
+            anchors.contains(a),
+            "{name}: no heading for #{a} in docs/operations.md"
+        );
+    }
+    // Every in-page link of the runbook leads to a heading.
+    let mut dead = Vec::new();
+    for part in ops.split("](#").skip(1) {
+        let a = &part[..part.find(')').unwrap()];
+        if !anchors.contains(a) {
+            dead.push(a.to_string());
+        }
+    }
+    assert!(
+        dead.is_empty(),
+        "dead anchors in docs/operations.md: {dead:?}"
+    );
+    // And the files it links to exist.
+    for part in ops.split("](../").skip(1) {
+        let target = &part[..part.find([')', '#']).unwrap()];
+        assert!(
+            root.join(target).exists(),
+            "docs/operations.md links to missing {target}"
+        );
+    }
+}
