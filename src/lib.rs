@@ -13,6 +13,7 @@
 //! - [`pipeline`]: `audit-relay run`: wires sources to the spool writer, shutdown.
 //! - [`api`]: the query API (Connect ListAuditLogs, REST, export) for organization
 //!   owners: auth, page tokens, the audit of each read.
+//! - [`cloudwatch_admin`]: `audit-relay cloudwatch install-queries` (saved queries).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own listener.
 //! - [`integrity`]: the hash chain's encoding, signed checkpoints, keys.
 //! - [`verify`]: `audit-relay verify`, against the spool and against CloudWatch.
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cloudwatch_admin;
 pub mod config;
 pub mod event;
 pub mod forward;

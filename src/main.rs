@@ -99,6 +99,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// CloudWatch Logs set-up beside forwarding.
+    Cloudwatch {
+        #[command(subcommand)]
+        command: CloudwatchCommand,
+    },
     /// The checkpoint signing key.
     Integrity {
         #[command(subcommand)]
@@ -141,6 +146,17 @@ enum SpoolCommand {
         /// One flat JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudwatchCommand {
+    /// Put the saved Logs Insights queries (deploy/cloudwatch/queries, built in) in the
+    /// account for cloudwatch.log_group: one of the same name is updated, not doubled.
+    InstallQueries {
+        /// Name prefix of the saved queries (a folder in the console).
+        #[arg(long, default_value = audit_relay::cloudwatch_admin::DEFAULT_PREFIX)]
+        prefix: String,
     },
 }
 
@@ -236,6 +252,9 @@ fn main() -> ExitCode {
         Command::Integrity {
             command: IntegrityCommand::PublicKey,
         } => public_key(&config),
+        Command::Cloudwatch {
+            command: CloudwatchCommand::InstallQueries { prefix },
+        } => install_queries(&config, &prefix),
         Command::Replay { from, to } => replay(config, &from, &to),
         Command::Spool {
             command: SpoolCommand::Stats { json },
@@ -412,6 +431,29 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+fn install_queries(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
+    let Some(cw) = config.cloudwatch.clone().filter(|c| c.enabled) else {
+        eprintln!("audit-relay: cloudwatch install-queries needs an enabled [cloudwatch] section in the config");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match rt.block_on(audit_relay::cloudwatch_admin::install_queries(&cw, prefix)) {
+        Ok(done) => {
+            for (name, what) in done {
+                println!("{what} {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("audit-relay: {e}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

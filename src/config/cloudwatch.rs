@@ -148,6 +148,17 @@ pub struct CloudWatchConfig {
     /// Tags for a log group the relay creates.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Log class of a log group the relay creates: `"STANDARD"` or
+    /// `"INFREQUENT_ACCESS"`. Default: not set (CloudWatch's default, STANDARD).
+    pub log_group_class: Option<String>,
+    /// Turn on deletion protection for a log group the relay creates. Default `false`.
+    #[serde(default)]
+    pub deletion_protection: bool,
+    /// Fields of the group's field index policy (PutIndexPolicy), set whenever the relay
+    /// ensures a group it may create (`create_log_group`), like `retention_in_days`.
+    /// E.g. `["organizationId", "actorId", "action", "id"]`. Default: none (no call).
+    #[serde(default)]
+    pub field_index: Vec<String>,
     /// Fields added to every message (e.g. `cluster = "eu-1"`).
     #[serde(default)]
     pub static_fields: BTreeMap<String, String>,
@@ -233,6 +244,17 @@ fn default_backoff_max() -> HumanDuration {
 }
 fn default_auth_retry() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
+}
+
+/// The log classes a relay may create a group with (DELIVERY is for AWS's vended logs).
+pub const LOG_GROUP_CLASSES: [&str; 2] = ["STANDARD", "INFREQUENT_ACCESS"];
+
+/// Most fields a field index policy may hold (CloudWatch's limit today).
+pub const MAX_INDEX_FIELDS: usize = 20;
+
+/// The policy document of PutIndexPolicy for `fields`.
+pub fn index_policy(fields: &[String]) -> String {
+    serde_json::json!({ "Fields": fields }).to_string()
 }
 
 /// Where the stream template takes its values.
@@ -335,6 +357,50 @@ pub fn validate(c: &CloudWatchConfig, problems: &mut Vec<Problem>) {
                     "must be one of {RETENTION_DAYS:?} (the values CloudWatch accepts), got {d}"
                 ),
             );
+        }
+    }
+    if let Some(class) = &c.log_group_class {
+        if !LOG_GROUP_CLASSES.contains(&class.as_str()) {
+            bad(
+                "log_group_class",
+                format!("must be one of {LOG_GROUP_CLASSES:?}, got {class:?}"),
+            );
+        }
+    }
+    if !c.create_log_group {
+        for (key, set) in [
+            ("log_group_class", c.log_group_class.is_some()),
+            ("deletion_protection", c.deletion_protection),
+            ("field_index", !c.field_index.is_empty()),
+        ] {
+            if set {
+                bad(
+                    key,
+                    "applies to a group the relay creates: needs cloudwatch.create_log_group = true".into(),
+                );
+            }
+        }
+    }
+    if c.field_index.len() > MAX_INDEX_FIELDS {
+        bad(
+            "field_index",
+            format!(
+                "at most {MAX_INDEX_FIELDS} fields, got {}",
+                c.field_index.len()
+            ),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &c.field_index {
+        if f.is_empty() || f.len() > 100 || f.starts_with('@') {
+            bad(
+                "field_index",
+                format!(
+                    "{f:?} must be a message field name of 1 to 100 characters (not @-prefixed)"
+                ),
+            );
+        } else if !seen.insert(f) {
+            bad("field_index", format!("{f:?} is listed twice"));
         }
     }
     if let Some(e) = &c.endpoint {

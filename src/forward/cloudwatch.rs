@@ -13,7 +13,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_cloudwatchlogs::config::http::HttpResponse;
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_cloudwatchlogs::types::{InputLogEvent, LogGroupClass};
 use aws_sdk_cloudwatchlogs::Client;
 
 /// One log group + stream.
@@ -26,6 +26,9 @@ pub struct CloudWatch {
     retention_days: Option<i32>,
     kms_key_id: Option<String>,
     tags: std::collections::HashMap<String, String>,
+    log_group_class: Option<String>,
+    deletion_protection: bool,
+    field_index: Vec<String>,
 }
 
 /// What CloudWatch said of an accepted call: events it refused one by one, by index
@@ -82,6 +85,9 @@ impl CloudWatch {
             retention_days: cfg.retention_in_days,
             kms_key_id: cfg.kms_key_id.clone(),
             tags: cfg.tags.clone().into_iter().collect(),
+            log_group_class: cfg.log_group_class.clone(),
+            deletion_protection: cfg.deletion_protection,
+            field_index: cfg.field_index.clone(),
         })
     }
 
@@ -93,7 +99,14 @@ impl CloudWatch {
         &self.stream
     }
 
-    /// Creates the log group (if allowed) and the stream when missing; sets retention.
+    /// The SDK client (for the admin commands, e.g. `cloudwatch install-queries`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the log group (if allowed; with its KMS key, tags, log class and
+    /// deletion protection) and the stream when missing; sets retention and the field
+    /// index policy.
     pub async fn ensure(&self) -> Result<(), Failure> {
         if self.create_group {
             let r = self
@@ -102,12 +115,24 @@ impl CloudWatch {
                 .log_group_name(&self.group)
                 .set_kms_key_id(self.kms_key_id.clone())
                 .set_tags((!self.tags.is_empty()).then(|| self.tags.clone()))
+                .set_log_group_class(self.log_group_class.as_deref().map(LogGroupClass::from))
+                .set_deletion_protection_enabled(self.deletion_protection.then_some(true))
                 .send()
                 .await;
             match r {
                 Ok(_) => tracing::info!(group = %self.group, "log group created"),
                 Err(e) if e.code() == Some("ResourceAlreadyExistsException") => {}
                 Err(e) => return Err(failure(e)),
+            }
+            if !self.field_index.is_empty() {
+                // Replaces the group's policy: set at every start, like the retention.
+                self.client
+                    .put_index_policy()
+                    .log_group_identifier(&self.group)
+                    .policy_document(crate::config::cloudwatch::index_policy(&self.field_index))
+                    .send()
+                    .await
+                    .map_err(failure)?;
             }
         }
         if let Some(days) = self.retention_days {

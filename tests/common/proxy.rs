@@ -5,6 +5,13 @@
 //! is recorded with what happened to it, so tests can check each call against
 //! CloudWatch's rules (which moto does not enforce) and explain every duplicate.
 //!
+//! Every request of any kind is also recorded as `(operation, JSON body)` ([`Proxy::ops`];
+//! PutLogEvents with a null body, its events being in [`Proxy::calls`]).
+//! The query-definition and index-policy calls moto does not implement
+//! (DescribeQueryDefinitions, PutQueryDefinition, PutIndexPolicy) are answered by the
+//! proxy itself from a small store of its own, as CloudWatch documents them; its
+//! DescribeQueryDefinitions pages by 3 whatever maxResults asks, so that paging is seen.
+//!
 //! Faults are dealt to PutLogEvents requests from a shuffled deck of 50 cards per round,
 //! so that the rates hold exactly over every 50 calls and even a short test sees each
 //! fault (the first round deals one of each within its first 8 calls).
@@ -144,7 +151,23 @@ struct State {
     stop: AtomicBool,
     /// A PutLogEvents call whose body holds this text is refused as invalid.
     poison: Mutex<Option<String>>,
+    /// Every request: (operation, JSON body).
+    ops: Mutex<Vec<(String, Value)>>,
+    /// Query definitions (what moto lacks), in creation order.
+    query_defs: Mutex<Vec<QueryDef>>,
 }
+
+/// A query definition the proxy keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryDef {
+    pub id: String,
+    pub name: String,
+    pub query: String,
+    pub groups: Vec<String>,
+}
+
+/// Page size of the proxy's DescribeQueryDefinitions.
+const QUERY_PAGE: usize = 3;
 
 /// The running proxy; stops accepting when dropped.
 pub struct Proxy {
@@ -172,6 +195,8 @@ impl Proxy {
             requests: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             poison: Mutex::new(None),
+            ops: Mutex::new(Vec::new()),
+            query_defs: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -225,6 +250,34 @@ impl Proxy {
     /// Connections closed unread while down.
     pub fn refused(&self) -> usize {
         self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Every request so far: (operation, e.g. `CreateLogGroup`, and its JSON body).
+    pub fn ops(&self) -> Vec<(String, Value)> {
+        self.state.ops.lock().unwrap().clone()
+    }
+
+    /// The bodies of the requests of one operation.
+    pub fn ops_of(&self, op: &str) -> Vec<Value> {
+        self.ops()
+            .into_iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    /// The query definitions the proxy keeps.
+    pub fn query_defs(&self) -> Vec<QueryDef> {
+        self.state.query_defs.lock().unwrap().clone()
+    }
+
+    /// Adds or replaces (by id) a query definition, as if made in the console.
+    pub fn put_query_def(&self, d: QueryDef) {
+        let mut defs = self.state.query_defs.lock().unwrap();
+        match defs.iter_mut().find(|x| x.id == d.id) {
+            Some(x) => *x = d,
+            None => defs.push(d),
+        }
     }
 
     /// Requests of any kind read so far.
@@ -285,14 +338,108 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn answer(s: &mut TcpStream, status: u16, reason: &str, error_type: &str, body: &str) {
+    let error_header = if error_type.is_empty() {
+        String::new()
+    } else {
+        format!("x-amzn-errortype: {error_type}\r\n")
+    };
     let text = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-         x-amzn-errortype: {error_type}\r\nx-amzn-requestid: proxy-injected\r\n\
+         {error_header}x-amzn-requestid: proxy-injected\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = s.write_all(text.as_bytes());
     let _ = s.flush();
+}
+
+/// Answers what moto does not implement: `(status, error type, JSON body)`.
+fn emulate(st: &State, op: &str, b: &Value) -> Option<(u16, &'static str, String)> {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    match op {
+        "DescribeQueryDefinitions" => {
+            let prefix = s(&b["queryDefinitionNamePrefix"]);
+            let start: usize = b["nextToken"]
+                .as_str()
+                .map(|t| t.parse().expect("the proxy's own token"))
+                .unwrap_or(0);
+            let defs = st.query_defs.lock().unwrap();
+            let matching: Vec<&QueryDef> = defs
+                .iter()
+                .filter(|d| d.name.starts_with(&prefix))
+                .collect();
+            let page: Vec<Value> = matching
+                .iter()
+                .skip(start)
+                .take(QUERY_PAGE)
+                .map(|d| {
+                    serde_json::json!({
+                        "queryDefinitionId": d.id, "name": d.name,
+                        "queryString": d.query, "logGroupNames": d.groups,
+                        "lastModified": 0
+                    })
+                })
+                .collect();
+            let mut out = serde_json::json!({ "queryDefinitions": page });
+            if start + QUERY_PAGE < matching.len() {
+                out["nextToken"] = (start + QUERY_PAGE).to_string().into();
+            }
+            Some((200, "", out.to_string()))
+        }
+        "PutQueryDefinition" => {
+            let name = s(&b["name"]);
+            let query = s(&b["queryString"]);
+            if name.is_empty() || query.is_empty() {
+                return Some((400, "InvalidParameterException", r#"{"__type":"InvalidParameterException","message":"name and queryString are required"}"#.into()));
+            }
+            let groups: Vec<String> = b["logGroupNames"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            let mut defs = st.query_defs.lock().unwrap();
+            let id = match b["queryDefinitionId"].as_str() {
+                Some(id) => {
+                    let Some(d) = defs.iter_mut().find(|d| d.id == id) else {
+                        return Some((400, "ResourceNotFoundException", r#"{"__type":"ResourceNotFoundException","message":"query definition not found"}"#.into()));
+                    };
+                    d.name = name;
+                    d.query = query;
+                    d.groups = groups;
+                    id.to_string()
+                }
+                None => {
+                    let id = format!("qd-{}", defs.len() + 1);
+                    defs.push(QueryDef {
+                        id: id.clone(),
+                        name,
+                        query,
+                        groups,
+                    });
+                    id
+                }
+            };
+            Some((
+                200,
+                "",
+                serde_json::json!({ "queryDefinitionId": id }).to_string(),
+            ))
+        }
+        "PutIndexPolicy" => {
+            let doc: Value = serde_json::from_str(b["policyDocument"].as_str().unwrap_or(""))
+                .expect("policyDocument is JSON");
+            Some((
+                200,
+                "",
+                serde_json::json!({ "indexPolicy": {
+                    "logGroupIdentifier": b["logGroupIdentifier"],
+                    "policyDocument": doc.to_string(), "source": "LOG_GROUP",
+                    "policyName": "audit-relay"
+                }})
+                .to_string(),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Forwards the request to moto; returns the whole raw answer.
@@ -321,6 +468,21 @@ fn handle(mut client: TcpStream, st: &State) {
         return;
     };
     st.requests.fetch_add(1, Ordering::SeqCst);
+    let op = header(&head, "x-amz-target")
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default()
+        .to_string();
+    // PutLogEvents bodies are recorded in `calls` (parsed once, below), not again here.
+    let json: Value = if op == "PutLogEvents" {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    st.ops.lock().unwrap().push((op.clone(), json.clone()));
+    if let Some((status, kind, text)) = emulate(st, &op, &json) {
+        let reason = if status == 200 { "OK" } else { "Bad Request" };
+        return answer(&mut client, status, reason, kind, &text);
+    }
     let is_put = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutLogEvents"));
     let record = is_put.then(|| {
         let v: Value = serde_json::from_slice(&body).expect("PutLogEvents body is JSON");
