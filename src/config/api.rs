@@ -51,12 +51,12 @@ pub struct ApiConfig {
     /// after a response) before it is closed. Default `"60s"`, between 100ms and 1h.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
-    /// PEM file with the server certificate chain (leaf first), to serve the API over
-    /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
     /// Where reads are answered from: `spool` (this relay's local spool, the default) or
     /// `postgres` (the installation store of `[postgres]`: every relay's events).
     #[serde(default)]
     pub store: Store,
+    /// PEM file with the server certificate chain (leaf first), to serve the API over
+    /// TLS. Give both `tls_cert` and `tls_key`, or neither (plain HTTP).
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
