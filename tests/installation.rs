@@ -585,3 +585,59 @@ fn checkpoints_witness_the_other_relays_chains_in_the_store() {
     ra.terminate();
     rb.terminate();
 }
+
+#[test]
+fn verify_full_tls_connects_with_the_right_ca_and_refuses_another() {
+    let pg = Postgres::start();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    pg.enable_tls(&server.pem(), &server_key.serialize_pem());
+    let ca_file = pg.dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let pw = pg.password_file().display().to_string();
+    let tls = |ca: &std::path::Path| {
+        format!(
+            "\n[postgres]\nurl = {:?}\npassword_file = {pw:?}\nsslmode = \"verify-full\"\nca_file = {:?}\nrelay_id = \"pod-tls\"\nretention_days = 36500\n",
+            pg.url(),
+            ca.display().to_string()
+        )
+    };
+    let (ok, out) = check_connect(&pg, &tls(&ca_file));
+    assert!(
+        ok,
+        "verify-full with the CA that signed the server's certificate: {out}"
+    );
+
+    // A CA that did not sign it is refused, naming the keys.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_file = pg.dir().join("other-ca.pem");
+    std::fs::write(&other_file, other.cert.pem()).unwrap();
+    let (ok, out) = check_connect(&pg, &tls(&other_file));
+    assert!(!ok && out.contains("postgres.ca_file"), "{out}");
+
+    // And a relay ships over TLS.
+    let h = Harness::new();
+    let mut text = h.config_text(&[], &[]);
+    text.push_str(&tls(&ca_file));
+    h.write_config(&text);
+    let (_, lines) = server_lines(&mut gen::Gen::new(31), 0, 20);
+    write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    let mut r = h.start();
+    h.wait_events(&mut r, 20);
+    wait_for(
+        "20 events shipped over TLS",
+        DEADLINE,
+        || pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''") == Some(20),
+        &[&r],
+    );
+    let ssl = pg.query_i64("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'audit-relay'");
+    assert!(ssl >= 1, "the relay's connection uses TLS");
+    r.terminate();
+}
