@@ -38,47 +38,63 @@ pub struct PutOutcome {
     pub rejected: Vec<(usize, RejectReason)>,
 }
 
+/// The SDK client for `cfg`: region, endpoint, timeouts, and the assumed role (its STS
+/// session named `session_name`). `sdk_retries`: the SDK's standard retries (a
+/// one-off tool), or one attempt per call (the forwarder classifies and retries itself).
+pub async fn sdk_client(
+    cfg: &CloudWatchConfig,
+    session_name: &str,
+    sdk_retries: bool,
+) -> Result<Client, String> {
+    let mut timeouts = TimeoutConfig::builder()
+        .connect_timeout(cfg.connect_timeout.0)
+        .operation_timeout(cfg.request_timeout.0);
+    if !sdk_retries {
+        timeouts = timeouts.operation_attempt_timeout(cfg.request_timeout.0);
+    }
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts.build());
+    if !sdk_retries {
+        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(1));
+    }
+    if let Some(r) = &cfg.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &cfg.endpoint {
+        loader = loader.endpoint_url(e.clone());
+    }
+    let mut sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(
+            "cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)"
+                .to_string(),
+        );
+    }
+    if let Some(arn) = &cfg.assume_role_arn {
+        let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+            .session_name(session_name)
+            .configure(&sdk);
+        if let Some(id) = &cfg.external_id {
+            role = role.external_id(id.clone());
+        }
+        let provider = role.build().await;
+        sdk = sdk
+            .into_builder()
+            .credentials_provider(
+                aws_sdk_cloudwatchlogs::config::SharedCredentialsProvider::new(provider),
+            )
+            .build();
+    }
+    Ok(Client::new(&sdk))
+}
+
 impl CloudWatch {
     /// Builds the client for `stream` (already expanded from its template).
     pub async fn connect(cfg: &CloudWatchConfig, stream: String) -> Result<CloudWatch, String> {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(cfg.connect_timeout.0)
-            .operation_attempt_timeout(cfg.request_timeout.0)
-            .operation_timeout(cfg.request_timeout.0)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(1));
-        if let Some(r) = &cfg.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
-        if let Some(e) = &cfg.endpoint {
-            loader = loader.endpoint_url(e.clone());
-        }
-        let mut sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(
-                "cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)"
-                    .to_string(),
-            );
-        }
-        if let Some(arn) = &cfg.assume_role_arn {
-            let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
-                .session_name("audit-relay")
-                .configure(&sdk);
-            if let Some(id) = &cfg.external_id {
-                role = role.external_id(id.clone());
-            }
-            let provider = role.build().await;
-            sdk = sdk
-                .into_builder()
-                .credentials_provider(
-                    aws_sdk_cloudwatchlogs::config::SharedCredentialsProvider::new(provider),
-                )
-                .build();
-        }
+        // One attempt per call: the forwarder's own retry classification decides.
+        let client = sdk_client(cfg, "audit-relay", false).await?;
         Ok(CloudWatch {
-            client: Client::new(&sdk),
+            client,
             group: cfg.log_group.clone(),
             stream,
             create_group: cfg.create_log_group,

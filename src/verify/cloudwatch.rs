@@ -559,39 +559,9 @@ async fn streams_with_prefix(
 /// A client for listing the group's streams, configured as the forwarder's is (region,
 /// endpoint, assumed role, timeouts).
 async fn list_client(cfg: &CloudWatchConfig) -> anyhow::Result<aws_sdk_cloudwatchlogs::Client> {
-    use aws_config::timeout::TimeoutConfig;
-    use aws_config::{BehaviorVersion, Region};
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(cfg.connect_timeout.0)
-        .operation_timeout(cfg.request_timeout.0)
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-    if let Some(r) = &cfg.region {
-        loader = loader.region(Region::new(r.clone()));
-    }
-    if let Some(e) = &cfg.endpoint {
-        loader = loader.endpoint_url(e.clone());
-    }
-    let mut sdk = loader.load().await;
-    if sdk.region().is_none() {
-        anyhow::bail!("cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)");
-    }
-    if let Some(arn) = &cfg.assume_role_arn {
-        let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
-            .session_name("audit-relay-verify")
-            .configure(&sdk);
-        if let Some(id) = &cfg.external_id {
-            role = role.external_id(id.clone());
-        }
-        let provider = role.build().await;
-        sdk = sdk
-            .into_builder()
-            .credentials_provider(
-                aws_sdk_cloudwatchlogs::config::SharedCredentialsProvider::new(provider),
-            )
-            .build();
-    }
-    Ok(aws_sdk_cloudwatchlogs::Client::new(&sdk))
+    crate::forward::cloudwatch::sdk_client(cfg, "audit-relay-verify", true)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// Reads every stream of the group whose name starts with `prefix` (default:
