@@ -396,6 +396,13 @@ fn registry_rows_removed_or_rows_left_without_a_registry_row_are_named() {
     );
 }
 
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// Lines stamped at noon (UTC) `days_ago` days before `now_ms`, one ms apart.
 fn lines_days_ago(g: &mut gen::Gen, now_ms: i64, days_ago: i64, n: usize) -> Vec<String> {
     let at = day_start(now_ms) - days_ago * DAY_MS + DAY_MS / 2;
@@ -405,10 +412,7 @@ fn lines_days_ago(g: &mut gen::Gen, now_ms: i64, days_ago: i64, n: usize) -> Vec
 #[test]
 fn two_relays_running_retention_at_once_drop_each_old_partition_once_and_verify_passes() {
     const RETENTION_DAYS: i64 = 3;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = wall_ms();
     let pg = Postgres::start();
     let retention = format!("retention_days = {RETENTION_DAYS}");
     // pod-a: 6, 4 and 2 days ago; pod-b: 5, 4 and 1 day ago. With 3 days kept, the
@@ -562,4 +566,91 @@ fn two_relays_running_retention_at_once_drop_each_old_partition_once_and_verify_
             .any(|(r, s, k)| r == "pod-b" && *s == 1 && k == "vanished_relay"),
         "{v:#}"
     );
+}
+
+#[test]
+fn a_running_relay_runs_the_stores_retention_itself_and_the_store_still_verifies() {
+    // The shipper's own schedule: the first pass a minute after it starts, then hourly.
+    const RETENTION_DAYS: i64 = 3;
+    let now = wall_ms();
+    let pg = Postgres::start();
+    let retention = format!("retention_days = {RETENTION_DAYS}");
+    let h = relay(&pg, "pod-a", &[&retention]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    h.write_config(&text);
+    let mut g = gen::Gen::new(9);
+    let old = lines_days_ago(&mut g, now, 6, 500);
+    let new = lines_days_ago(&mut g, now, 1, 500);
+    write_lines(&mut common::append_to(&h.log("server.log")), &old);
+    write_lines(&mut common::append_to(&h.log("server.log")), &new);
+    let started = Instant::now();
+    let mut r = h.start();
+    h.wait_events(&mut r, 1_000);
+    let admin = common::admin_addr(&r);
+    let dropped_metric = || {
+        let (_, body) = common::http_get(&admin, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("audit_relay_postgres_partitions_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        dropped_metric(),
+        Some(0.0),
+        "nothing dropped before the pass"
+    );
+    let old_day = schema::partition_name(day_start(now) - 6 * DAY_MS);
+    while pg
+        .try_i64(&format!(
+            "SELECT count(*) FROM audit_purges WHERE partition = '{old_day}'"
+        ))
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the relay's retention did not drop {old_day}:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Dropped by this relay, once, with the old day's rows counted; never a newer row.
+    let (by, rows): (String, i64) = {
+        let row = pg
+            .client()
+            .query_one(
+                "SELECT by_relay, rows FROM audit_purges WHERE partition = $1",
+                &[&old_day],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((by.as_str(), rows), ("pod-a", 500));
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit_purges"), 1);
+    let cut = day_start(now - RETENTION_DAYS * DAY_MS);
+    assert_eq!(
+        pg.query_i64(&format!(
+            "SELECT count(*) FROM audit_events WHERE ts_ms < {cut}"
+        )),
+        0
+    );
+    assert!(
+        pg.query_i64(&format!(
+            "SELECT count(*) FROM audit_events WHERE ts_ms >= {cut} AND organization_id <> ''"
+        )) >= 500,
+        "the newer day stays"
+    );
+    let wait = Instant::now();
+    while dropped_metric() != Some(1.0) {
+        assert!(wait.elapsed() < Duration::from_secs(10), "metric not 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = r.log();
+    assert!(
+        log.contains("day partition dropped") && log.contains(&old_day),
+        "the drop is logged with its partition:\n{log}"
+    );
+    r.terminate();
+    let (code, v) = verify(&h);
+    assert_eq!(code, 0, "the store verifies across the purge: {v:#}");
 }
