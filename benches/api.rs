@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench api -- [--events N] [--clients C] [--requests R] [--durability fsync|os] [--keep]
+//!     [--store spool|postgres]
 //! ```
 //!
 //! Fills a fresh spool through the library with N events (default 10,000,000) over 500
@@ -21,12 +22,22 @@
 //! every read appends its own audit event, committed by the spool writer.
 //! `BENCH_DIR` (default `target/bench-api`) holds the spool; `--keep` keeps it and
 //! reuses a kept spool of the same size instead of filling again.
+//!
+//! `--store postgres` answers from the installation store instead: the bench starts a
+//! real PostgreSQL (fsync on, shared_buffers and max_wal_size as RDS sets them,
+//! `tests/common/postgres.rs`), the relay runs with `[postgres]` and
+//! `api.store = "postgres"`, ships the whole spool into the store (timed and printed),
+//! and only then are the same calls measured. Each read's own
+//! audit event is spooled and shipped as in production.
 
 mod support;
 
 use support::gen;
 #[allow(unused_imports)]
 use support::{decode_event, fill_spool, now_ms, status_kib};
+
+use audit_relay::spool::Spool;
+use support::postgres::Postgres;
 
 use audit_relay::event::format_timestamp_ms;
 use sha2::{Digest, Sha256};
@@ -46,6 +57,7 @@ struct Args {
     requests: usize,
     durability: String,
     keep: bool,
+    postgres: bool,
 }
 
 fn args() -> Args {
@@ -55,6 +67,7 @@ fn args() -> Args {
         requests: 3_000,
         durability: "fsync".into(),
         keep: false,
+        postgres: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -65,6 +78,11 @@ fn args() -> Args {
             "--requests" => a.requests = val().parse().expect("--requests R"),
             "--durability" => a.durability = val(),
             "--keep" => a.keep = true,
+            "--store" => match val().as_str() {
+                "spool" => a.postgres = false,
+                "postgres" => a.postgres = true,
+                other => panic!("--store spool|postgres, not {other:?}"),
+            },
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -85,7 +103,15 @@ impl Drop for Relay {
 }
 
 /// Starts the relay on `spool_dir` with the API on a free port; returns it and the address.
-fn start_relay(dir: &Path, spool_dir: &Path, durability: &str) -> (Relay, String) {
+/// `store` is the `api.store` line and `postgres` the `[postgres]` section (both empty
+/// for the spool).
+fn start_relay(
+    dir: &Path,
+    spool_dir: &Path,
+    durability: &str,
+    store: &str,
+    postgres: &str,
+) -> (Relay, String) {
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let hash: String = Sha256::digest(TOKEN)
         .iter()
@@ -104,10 +130,12 @@ durability = "{durability}"
 level = "info"
 [api]
 listen = "127.0.0.1:0"
+{store}
 [[api.tokens]]
 name = "bench"
 sha256 = "{hash}"
 organizations = ["*"]
+{postgres}
 "#,
             dir.display(),
             spool_dir.display(),
@@ -280,6 +308,37 @@ fn measure(what: &str, addr: &str, clients: usize, requests: usize, body: &str) 
     );
 }
 
+/// Waits until the store's cursor for the bench relay reaches the spool's last row
+/// (as it was when the relay started), prints the rate, and refreshes the planner's
+/// statistics as a DBA would after a bulk load.
+fn wait_shipped(pg: &Postgres, spool_dir: &Path) {
+    let last = Spool::open_read_only(spool_dir)
+        .unwrap()
+        .chain_meta()
+        .unwrap()
+        .last_seq;
+    let started = Instant::now();
+    loop {
+        let shipped = pg
+            .try_i64("SELECT shipped_seq FROM audit_relays WHERE relay_id = 'bench-api'")
+            .unwrap_or(0);
+        if shipped >= last {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "shipping stopped at {shipped} of {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "shipped {last} rows into PostgreSQL in {secs:.1}s ({:.0} rows/s)",
+        last as f64 / secs
+    );
+    pg.client().batch_execute("ANALYZE audit_events").unwrap();
+}
+
 fn main() {
     let a = args();
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-api".into());
@@ -305,8 +364,21 @@ fn main() {
             end
         }
     };
-    let (relay, addr) = start_relay(&dir, &spool_dir, &a.durability);
+    let pg = a
+        .postgres
+        .then(|| Postgres::start_with(support::PRODUCTION_PG));
+    let (store, pg_section) = match &pg {
+        Some(pg) => (
+            "store = \"postgres\"".to_string(),
+            pg.config_section("bench-api", &["batch_rows = 5000"]),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let (relay, addr) = start_relay(&dir, &spool_dir, &a.durability, &store, &pg_section);
     let pid = relay.0.id();
+    if let Some(pg) = &pg {
+        wait_shipped(pg, &spool_dir);
+    }
     let org = gen::org_id(7);
     let to = format_timestamp_ms(end_ms);
     let week_from = format_timestamp_ms(end_ms - 7 * DAY_MS);
@@ -330,7 +402,8 @@ fn main() {
         depth += 1;
     }
     println!(
-        "spool: {} events, 500 organizations, 90 days; organization {org} has {}{in_week} events in the week (page size 100)",
+        "{}: {} events, 500 organizations, 90 days; organization {org} has {}{in_week} events in the week (page size 100)",
+        if a.postgres { "installation store (PostgreSQL)" } else { "spool" },
         a.events,
         if depth == 20 { "more than " } else { "" },
     );
@@ -411,9 +484,10 @@ fn main() {
         hwm_after as f64 / 1024.0
     );
     println!(
-        "conditions: {} cores (shared), relay and {} client threads on the same machine, spool durability {}",
+        "conditions: {} cores (shared), relay, {} client threads{} on the same machine, spool durability {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         a.clients,
+        if a.postgres { " and PostgreSQL" } else { "" },
         a.durability
     );
     drop(relay);

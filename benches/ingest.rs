@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench ingest -- [--events N] [--prefill M] [--runs R] [--parts] [--durability fsync|os]
-//!     [--sign] [--old M] [--verify] [--bin PATH]
+//!     [--sign] [--old M] [--verify] [--bin PATH] [--postgres on|both]
 //! ```
 //!
 //! `--sign` signs checkpoints (a fresh Ed25519 key); `--old M` pre-fills M events 100–190
@@ -15,10 +15,17 @@
 //! first, starts `audit-relay run` on it, and measures the time until all N events are
 //! committed (polling the spool's `events` counter) and the process's peak RSS (VmHWM).
 //! `--parts` also times the pieces in-process: decode alone, and spool insert alone.
+//! `--postgres on` runs the relay with `[postgres]` (a real PostgreSQL with
+//! production-like settings, started by the bench, `tests/common/postgres.rs`), so that
+//! the shipper reads the spool while the writer ingests; `--postgres both` makes each run twice, without and then with it,
+//! and prints both medians (interleaved, so that the machine's noise hits both alike).
+//! With the store on, each run also prints the shipper's cursor when ingest finished
+//! and the time until everything was shipped.
 //! Prints one line per run and the median.
 
 mod support;
 
+use support::postgres::Postgres;
 #[allow(unused_imports)]
 use support::{decode_event, fill_spool, fill_spool_with, now_ms, status_kib};
 use support::{events_stored, gen};
@@ -41,6 +48,8 @@ struct Args {
     old: u64,
     verify: bool,
     bin: String,
+    /// Runs without the installation store, with it, or both (interleaved).
+    postgres: (bool, bool),
 }
 
 fn args() -> Args {
@@ -55,6 +64,7 @@ fn args() -> Args {
         old: 0,
         verify: false,
         bin: env!("CARGO_BIN_EXE_audit-relay").into(),
+        postgres: (true, false),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,6 +80,13 @@ fn args() -> Args {
             "--verify" => a.verify = true,
             "--old" => a.old = val().parse().expect("--old M"),
             "--bin" => a.bin = val(),
+            "--postgres" => {
+                a.postgres = match val().as_str() {
+                    "on" => (false, true),
+                    "both" => (true, true),
+                    other => panic!("--postgres on|both, not {other:?}"),
+                }
+            }
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -125,9 +142,11 @@ fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
     by_name.into_iter().filter(|(_, s)| *s > 0.0).collect()
 }
 
-fn one_run(a: &Args, run: usize) -> (f64, u64) {
+fn one_run(a: &Args, run: usize, pg: Option<&Postgres>) -> (f64, u64) {
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-ingest".into());
     let dir = Path::new(&base).join(format!("run{run}"));
+    let relay_id = format!("ingest-run{run}");
+    let store = pg.map_or(String::new(), |pg| pg.config_section(&relay_id, &[]));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let spool_dir = dir.join("spool");
@@ -164,7 +183,7 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\ncache_size = \"{}\"\n[log]\nlevel = \"warn\"\n{integrity}",
+            "[source]\npaths = [\"{}/logs/*.log\"]\n[spool]\ndir = \"{}\"\ndurability = \"{}\"\ncache_size = \"{}\"\n[log]\nlevel = \"warn\"\n{integrity}{store}",
             dir.display(),
             spool_dir.display(),
             a.durability,
@@ -193,6 +212,31 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     }
     let secs = started.elapsed().as_secs_f64();
     hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
+    if let Some(pg) = pg {
+        let cursor = || {
+            pg.try_i64(&format!(
+                "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{relay_id}'"
+            ))
+            .unwrap_or(0)
+        };
+        let at_end = cursor();
+        let last = Spool::open_read_only(&spool_dir)
+            .unwrap()
+            .chain_meta()
+            .unwrap()
+            .last_seq;
+        while cursor() < last {
+            assert!(
+                started.elapsed() < Duration::from_secs(1200),
+                "shipping stopped"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "  shipping: store cursor at {at_end} of {last} rows when ingest finished, all shipped {:.2}s after the start",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let cpu: Vec<String> = thread_cpu(child.id())
         .into_iter()
         .map(|(n, s)| format!("{n} {:.2} µs/event", s * 1e6 / a.events as f64))
@@ -227,7 +271,8 @@ fn one_run(a: &Args, run: usize) -> (f64, u64) {
     }
     let rate = a.events as f64 / secs;
     println!(
-        "run {run}: {} events ({:.0} MB) in {secs:.2}s = {rate:.0} events/s, peak RSS {:.1} MiB (spool had {} events before)",
+        "run {run}{}: {} events ({:.0} MB) in {secs:.2}s = {rate:.0} events/s, peak RSS {:.1} MiB (spool had {} events before)",
+        if pg.is_some() { " (shipping to PostgreSQL)" } else { "" },
         a.events,
         bytes as f64 / 1e6,
         hwm as f64 / 1024.0,
@@ -282,19 +327,31 @@ fn main() {
     if a.parts {
         parts(&a);
     }
-    let mut rates = Vec::new();
-    let mut rss = Vec::new();
+    let pg = a
+        .postgres
+        .1
+        .then(|| Postgres::start_with(support::PRODUCTION_PG));
+    let (mut rates, mut rss) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for run in 0..a.runs {
-        let (r, h) = one_run(&a, run);
-        rates.push(r);
-        rss.push(h);
+        for (k, on) in [a.postgres.0, a.postgres.1].into_iter().enumerate() {
+            if on {
+                let (r, h) = one_run(&a, run * 2 + k, if k == 1 { pg.as_ref() } else { None });
+                rates[k].push(r);
+                rss[k].push(h);
+            }
+        }
     }
-    if !rates.is_empty() {
+    for k in 0..2 {
+        let (rates, rss) = (&mut rates[k], &mut rss[k]);
+        if rates.is_empty() {
+            continue;
+        }
         rates.sort_by(|x, y| x.partial_cmp(y).unwrap());
         rss.sort();
         println!(
-            "median of {}: {:.0} events/s, peak RSS {:.1} MiB ({} events, prefill {}, durability {}, {} cores)",
+            "median of {}{}: {:.0} events/s, peak RSS {:.1} MiB ({} events, prefill {}, durability {}, {} cores)",
             rates.len(),
+            if k == 1 { " with shipping to PostgreSQL" } else { "" },
             rates[rates.len() / 2],
             rss[rss.len() / 2] as f64 / 1024.0,
             a.events,

@@ -34,9 +34,13 @@ pub fn fill_spool(dir: &Path, m: u64, end_ms: i64) {
 /// Like [`fill_spool`], with an (unsigned) integrity checkpoint after every
 /// `checkpoint_every` events, stamped with its last event's time, as the relay writes them.
 pub fn fill_spool_with(dir: &Path, m: u64, end_ms: i64, checkpoint_every: Option<u64>) {
+    fill_spool_over(dir, m, end_ms, 90 * 86_400_000, checkpoint_every)
+}
+
+/// Like [`fill_spool_with`], the events spread over the `span` ms before `end_ms`.
+pub fn fill_spool_over(dir: &Path, m: u64, end_ms: i64, span: i64, checkpoint_every: Option<u64>) {
     let mut spool = Spool::open(dir, Durability::Os, 64 << 20).unwrap();
     let mut g = gen::Gen::new(0xfeed);
-    let span = 90 * 86_400_000i64;
     let step = (span as f64 / m.max(1) as f64).max(1.0);
     let started = Instant::now();
     let mut i = 0u64;
@@ -109,3 +113,8 @@ pub mod moto {
 /// A real PostgreSQL server (the tests' harness).
 #[path = "../../tests/common/postgres.rs"]
 pub mod postgres;
+
+/// The benches' server settings, production-like: RDS gives shared_buffers a quarter of
+/// the instance's memory (2 GB of an 8 GB one) and max_wal_size 2 GB; PostgreSQL's own
+/// defaults (128 MB, 1 GB) are for a laptop.
+pub const PRODUCTION_PG: &[&str] = &["shared_buffers=2GB", "max_wal_size=2GB"];

@@ -58,6 +58,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_user: Option<(u32, u32)>,
+    /// Server settings beyond the harness's own (`-c name=value` each).
+    settings: Vec<String>,
 }
 
 fn ids_of(user: &str) -> Option<(u32, u32)> {
@@ -71,6 +73,12 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
 impl Postgres {
     /// `initdb` and start a server on a free port.
     pub fn start() -> Postgres {
+        Postgres::start_with(&[])
+    }
+
+    /// Like [`Postgres::start`], with more server settings (`name=value`), e.g. the
+    /// benchmarks' production-like `shared_buffers`.
+    pub fn start_with(settings: &[&str]) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("audit-relay-pg")
@@ -95,6 +103,7 @@ impl Postgres {
             dir,
             bin,
             as_user,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         let data = pg.data_dir();
         let out = pg
@@ -150,11 +159,15 @@ impl Postgres {
 
     /// Starts the server (again) on its port; waits until it accepts connections.
     pub fn start_again(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
+        for s in &self.settings {
+            opts.push_str(" -c ");
+            opts.push_str(s);
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
