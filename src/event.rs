@@ -386,23 +386,40 @@ pub struct ApiAuditLog {
     pub args: String,
 }
 
+/// The members of a stored body that the API's form needs, read in one pass (a stored
+/// body is [`decode`]'s output: these members once each, strings where strings belong).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredMembers<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(borrow)]
+    organization_id: Cow<'a, str>,
+    #[serde(borrow)]
+    actor_id: Cow<'a, str>,
+    #[serde(borrow)]
+    args: Option<&'a RawValue>,
+}
+
 impl ApiAuditLog {
     /// Builds the API form from a stored body. Fails only if the body was not written
-    /// by [`decode`] (a corrupted spool).
+    /// by [`decode`] (a corrupted spool): not a JSON object, a member missing, repeated
+    /// or of the wrong type.
     pub fn from_body(body: &str, ts_ms: i64) -> Result<Self, String> {
-        let m = Members::parse(body).map_err(|e| e.to_string())?;
-        let string_field = |k| string_field(&m, k).map_err(|e| e.to_string());
+        // serde's derived structs also read arrays; a stored body is always an object.
+        if !body.trim_start().starts_with('{') {
+            return Err("not a JSON object".into());
+        }
+        let m: StoredMembers = serde_json::from_str(body).map_err(|e| e.to_string())?;
         Ok(ApiAuditLog {
-            id: string_field("id")?,
+            id: m.id.into_owned(),
             timestamp: format_timestamp_ms(ts_ms),
-            action: string_field("action")?,
-            organization_id: string_field("organizationId")?,
-            actor_id: string_field("actorId")?,
-            args: m
-                .get("args")
-                .map_err(|e| e.to_string())?
-                .map(|a| a.get().to_string())
-                .unwrap_or_else(|| "[]".into()),
+            action: m.action.into_owned(),
+            organization_id: m.organization_id.into_owned(),
+            actor_id: m.actor_id.into_owned(),
+            args: m.args.map_or_else(|| "[]".into(), |a| a.get().to_string()),
         })
     }
 }
@@ -654,6 +671,33 @@ mod tests {
         assert_eq!(api.timestamp, "2024-06-24T13:29:36.484Z");
         let json = serde_json::to_string(&api).unwrap();
         assert!(json.contains("\"organizationId\":\"3d5e4ee2"));
+    }
+
+    #[test]
+    fn the_api_form_refuses_a_body_decode_never_writes() {
+        let e = event(EVENT, Envelope::Event);
+        let escaped = e.body.replace("getTeamProjects", "get\\u0054eamProjects");
+        assert_eq!(
+            ApiAuditLog::from_body(&escaped, e.ts_ms).unwrap().action,
+            "getTeamProjects",
+            "escapes are read"
+        );
+        let repeated = e.body.replacen("{", "{\"action\":\"x\",", 1);
+        let wrong = e.body.replace(
+            "\"actorId\":\"e2eb4315-1ce5-4c5b-b1a1-d6a891c08a56\"",
+            "\"actorId\":7",
+        );
+        let missing = e.body.replace("\"id\":", "\"ix\":");
+        for (body, why) in [
+            (repeated.as_str(), "duplicate field `action`"),
+            (wrong.as_str(), "invalid type: integer `7`"),
+            (missing.as_str(), "missing field `id`"),
+            ("[\"i\", \"a\", \"o\", \"a\", []]", "not a JSON object"),
+            ("{\"id\":", "EOF while parsing"),
+        ] {
+            let err = ApiAuditLog::from_body(body, e.ts_ms).unwrap_err();
+            assert!(err.contains(why), "{body}: {err}");
+        }
     }
 
     proptest! {
