@@ -23,7 +23,8 @@ fn read(rel: &str) -> String {
 fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() {
+        // The Helm chart's values.schema.json is no policy.
+        if p.is_dir() && !p.ends_with("helm") {
             json_files(&p, out);
         } else if p.extension().is_some_and(|x| x == "json") {
             out.push(p);
@@ -329,4 +330,146 @@ fn the_manifests_config_passes_check_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The AWS SDK's CloudWatch Logs operations (snake_case), from the SDK crate of
+/// Cargo.lock's version in cargo's registry: one `src/operation/<name>/` per API call.
+fn sdk_operations() -> BTreeSet<String> {
+    let lock =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"aws-sdk-cloudwatchlogs\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("aws-sdk-cloudwatchlogs in Cargo.lock");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    let mut out = BTreeSet::new();
+    for index in std::fs::read_dir(cargo_home.join("registry/src")).unwrap() {
+        let dir = index
+            .unwrap()
+            .path()
+            .join(format!("aws-sdk-cloudwatchlogs-{version}/src/operation"));
+        if let Ok(ops) = std::fs::read_dir(&dir) {
+            for op in ops {
+                let op = op.unwrap();
+                if op.path().is_dir() {
+                    out.insert(op.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        out.len() > 50 && out.contains("put_log_events"),
+        "the SDK's operations of aws-sdk-cloudwatchlogs {version} under {}: {out:?}",
+        cargo_home.display()
+    );
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `put_log_events` -> `logs:PutLogEvents`.
+fn iam_action(op: &str) -> String {
+    let mut s = String::from("logs:");
+    for part in op.split('_') {
+        let mut c = part.chars();
+        if let Some(first) = c.next() {
+            s.push(first.to_ascii_uppercase());
+            s.extend(c);
+        }
+    }
+    s
+}
+
+#[test]
+fn every_cloudwatch_call_in_src_is_granted_by_a_policy() {
+    let ops = sdk_operations();
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    // Every `.operation()` of the SDK's client that src/ calls.
+    let mut called = BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, _) in text.match_indices("()") {
+            let head = &text[..i];
+            let start = head
+                .rfind(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .map_or(0, |s| s + 1);
+            if head[..start].ends_with('.') && ops.contains(&head[start..]) {
+                called.insert(iam_action(&head[start..]));
+            }
+        }
+    }
+    // What the code calls today (a new call must get its permission, then be listed here):
+    // the forwarder, `verify --cloudwatch` and `cloudwatch install-queries`.
+    let expected: BTreeSet<String> = [
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:DescribeLogStreams",
+        "logs:DescribeQueryDefinitions",
+        "logs:GetLogEvents",
+        "logs:PutIndexPolicy",
+        "logs:PutLogEvents",
+        "logs:PutQueryDefinition",
+        "logs:PutRetentionPolicy",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(called, expected, "CloudWatch Logs calls in src/");
+    let mut granted = BTreeSet::new();
+    for f in [
+        "iam-policy.json",
+        "iam-policy-creates-group.json",
+        "iam-policy-verify.json",
+        "iam-policy-admin.json",
+    ] {
+        granted.extend(actions(&serde_json::from_str(&read(f)).unwrap(), "Allow"));
+    }
+    for a in &called {
+        assert!(
+            granted.contains(a),
+            "{a} is called in src/ but no policy in deploy/ grants it"
+        );
+    }
+    // The admin policy is for install-queries only; the runtime policies do not hold it.
+    let admin = actions(
+        &serde_json::from_str(&read("iam-policy-admin.json")).unwrap(),
+        "Allow",
+    );
+    assert_eq!(
+        admin,
+        ["logs:DescribeQueryDefinitions", "logs:PutQueryDefinition"]
+            .map(String::from)
+            .into()
+    );
+    for f in ["iam-policy.json", "iam-policy-creates-group.json"] {
+        let runtime = actions(&serde_json::from_str(&read(f)).unwrap(), "Allow");
+        assert!(runtime.is_disjoint(&admin), "{f}: {runtime:?}");
+    }
+    // field_index needs create_log_group = true: PutIndexPolicy is in that policy only.
+    let creates = actions(
+        &serde_json::from_str(&read("iam-policy-creates-group.json")).unwrap(),
+        "Allow",
+    );
+    assert!(creates.contains("logs:PutIndexPolicy"));
+    assert!(!actions(
+        &serde_json::from_str(&read("iam-policy.json")).unwrap(),
+        "Allow"
+    )
+    .contains("logs:PutIndexPolicy"));
 }
