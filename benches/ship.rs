@@ -1,7 +1,7 @@
 //! Shipping benchmark: a relay's spool into the installation store (PostgreSQL).
 //!
 //! ```text
-//! cargo bench --bench ship -- [--events N] [--runs R] [--prefill M] [--span-days D]
+//! cargo bench --bench ship -- [--events N] [--runs R] [--prefill M] [--span-days D] [--pg-defaults]
 //! ```
 //!
 //! Starts a real PostgreSQL (fsync on, shared_buffers and max_wal_size as RDS sets them,
@@ -59,7 +59,12 @@ fn main() {
     // The spool's events span the last day (a relay ships what it just took in; the
     // store's older days are the prefill's), `--span-days D` for another span.
     let span_ms = arg("--span-days", 1) as i64 * DAY_MS;
-    let pg = Postgres::start_with(support::PRODUCTION_PG);
+    // `--pg-defaults`: PostgreSQL's own settings instead of the production-like ones.
+    let pg = if std::env::args().any(|a| a == "--pg-defaults") {
+        Postgres::start()
+    } else {
+        Postgres::start_with(support::PRODUCTION_PG)
+    };
     let now = support::now_ms();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,8 +89,10 @@ fn main() {
                 .last_seq;
             let secs = ship_all(&rt, &pg, dir.path(), &format!("bench-{run}"), last);
             let rate = last as f64 / secs;
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             eprintln!(
-                "{name} run {run}: shipped {last} rows ({events} events + checkpoints) in {secs:.2}s: {rate:.0} rows/s"
+                "{name} run {run}: shipped {last} rows ({events} events + checkpoints) in {secs:.2}s: {rate:.0} rows/s (load average {})",
+                load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
             );
             rates.push(rate);
         }
