@@ -305,6 +305,14 @@ impl Endpoint {
         }
     }
 
+    /// CPU seconds of the endpoint process so far (0 in-process: not separable).
+    fn cpu_secs(&self) -> f64 {
+        match self {
+            Endpoint::InProcess(..) => 0.0,
+            Endpoint::Process(p) => process_cpu_secs(p.child.id()),
+        }
+    }
+
     /// (events, calls, bytes)
     fn counts(&self) -> (u64, u64, u64) {
         match self {
@@ -379,6 +387,7 @@ fn end_to_end(a: &Args, run: usize) -> Run {
     let secs = started.elapsed().as_secs_f64();
     hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
     let cpu = process_cpu_secs(child.id());
+    let endpoint_cpu = ep.cpu_secs();
     let threads: Vec<String> = thread_cpu_secs(child.id())
         .into_iter()
         .map(|(t, s)| format!("{t} {:.2}", s * 1e6 / n as f64))
@@ -403,7 +412,11 @@ fn end_to_end(a: &Args, run: usize) -> Run {
         bytes as f64 / calls as f64,
         hwm as f64 / 1024.0
     );
-    println!("  CPU µs/event by thread: {}", threads.join(", "));
+    println!(
+        "  relay CPU µs/event by thread: {}; endpoint process {:.2} CPU-s per million events",
+        threads.join(", "),
+        endpoint_cpu * 1e6 / n as f64
+    );
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
