@@ -251,7 +251,8 @@ impl EndpointProcess {
 
     fn stats(&self) -> serde_json::Value {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("endpoint");
-        s.write_all(b"GET /_stats HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /_stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut r = BufReader::new(s);
         let mut len = 0;
         let mut line = String::new();

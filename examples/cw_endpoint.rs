@@ -235,8 +235,8 @@ fn now_ms() -> i64 {
 /// Checks one PutLogEvents body; returns its ids or the CloudWatch error (type, message).
 fn check_put(body: &[u8], state: &Mutex<State>) -> Result<Accepted, (String, String)> {
     let invalid = |m: String| ("InvalidParameterException".to_string(), m);
-    let put: Put =
-        serde_json::from_slice(body).map_err(|e| ("SerializationException".into(), e.to_string()))?;
+    let put: Put = serde_json::from_slice(body)
+        .map_err(|e| ("SerializationException".into(), e.to_string()))?;
     {
         let st = state.lock().unwrap();
         let key = (
@@ -396,7 +396,10 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
         let target = req.header("x-amz-target").unwrap_or("").to_string();
         let op = target.rsplit('.').next().unwrap_or("");
         let result: Result<String, (String, String)> = (|| {
-            if req.header("content-encoding").is_some_and(|e| e != "identity") {
+            if req
+                .header("content-encoding")
+                .is_some_and(|e| e != "identity")
+            {
                 return Err((
                     "SerializationException".into(),
                     "compressed bodies are not supported here".into(),
@@ -433,9 +436,10 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 }
                 // The relay asks for the newest messages at start (what it may have sent
                 // before a crash). The bench's stream is new at each start: none.
-                "GetLogEvents" => {
-                    Ok(r#"{"events":[],"nextForwardToken":"f/0","nextBackwardToken":"b/0"}"#.to_string())
-                }
+                "GetLogEvents" => Ok(
+                    r#"{"events":[],"nextForwardToken":"f/0","nextBackwardToken":"b/0"}"#
+                        .to_string(),
+                ),
                 other => Err((
                     "UnknownOperationException".into(),
                     format!("operation {other:?} is not served here"),

@@ -119,8 +119,9 @@ pub fn process_cpu_secs(pid: u32) -> f64 {
 
 /// utime + stime in seconds of a `/proc/.../stat` line.
 fn cpu_of_stat(stat: &str) -> f64 {
-    let tick = 100.0; // USER_HZ
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    // USER_HZ. Fields after the ")" that ends the command name: utime is the 12th,
+    // stime the 13th.
+    let tick = 100.0;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<f64> = rest
         .split_whitespace()
