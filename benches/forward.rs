@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench forward -- [--events N] [--runs R] [--drain N] [--in-process-endpoint]
-//!     [--bin PATH] [--wrap "valgrind --tool=callgrind ..."]
+//!     [--bin PATH] [--wrap "valgrind --tool=callgrind ..."] [--sign]
 //! ```
 //!
 //! By default the endpoint is `examples/cw_endpoint.rs` in its own process (what an
@@ -19,7 +19,8 @@
 //! and per thread, from /proc) and its peak RSS (VmHWM). `--drain N` also measures the
 //! drain of an N-event backlog: ingest with the endpoint down, then start it.
 //! `--bin` runs another build of the relay; `--wrap` runs the relay under a command
-//! (e.g. callgrind, for the profile in docs/benchmarks.md).
+//! (e.g. callgrind, for the profile in docs/benchmarks.md). `--sign` signs the integrity
+//! checkpoints (a fresh Ed25519 key); without it they are chained but unsigned.
 
 mod support;
 
@@ -150,6 +151,8 @@ struct Args {
     in_process: bool,
     bin: String,
     wrap: Vec<String>,
+    /// Sign the integrity checkpoints (a fresh Ed25519 key per run).
+    sign: bool,
 }
 
 /// Writes `n` server-log lines spread over the last hour; returns their ids in order.
@@ -169,13 +172,29 @@ fn write_lines(path: &Path, n: u64, seed: u64) -> Vec<String> {
 }
 
 fn start_relay(a: &Args, dir: &Path, port: u16) -> Child {
+    let integrity = if a.sign {
+        let key = dir.join("signing.pem");
+        let ok = Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl genpkey");
+        format!(
+            "[integrity]\nsigning_key_file = {:?}\n",
+            key.display().to_string()
+        )
+    } else {
+        String::new()
+    };
     let cfg = dir.join("relay.toml");
     std::fs::write(
         &cfg,
         format!(
             "[source]\npaths = [\"{d}/logs/*.log\"]\n[spool]\ndir = \"{d}/spool\"\n[log]\nlevel = \"error\"\n\
              [cloudwatch]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:{port}\"\nlog_group = \"/bench\"\n\
-             log_stream = \"bench\"\nbackoff_max = \"200ms\"\n",
+             log_stream = \"bench\"\nbackoff_max = \"200ms\"\n{integrity}",
             d = dir.display()
         ),
     )
@@ -474,6 +493,7 @@ fn main() {
         in_process: false,
         bin: env!("CARGO_BIN_EXE_audit-relay").into(),
         wrap: Vec::new(),
+        sign: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -482,6 +502,7 @@ fn main() {
             "--runs" => a.runs = it.next().unwrap().parse().unwrap(),
             "--drain" => a.drain = it.next().unwrap().parse().unwrap(),
             "--in-process-endpoint" => a.in_process = true,
+            "--sign" => a.sign = true,
             "--bin" => a.bin = it.next().unwrap(),
             "--wrap" => {
                 a.wrap = it
