@@ -1,23 +1,33 @@
-//! Forwarding benchmark: file → spool → a fast CloudWatch-compatible endpoint.
+//! Forwarding benchmark: file → spool → a CloudWatch-compatible endpoint.
 //!
 //! ```text
-//! cargo bench --bench forward -- [--events N] [--runs R] [--drain N]
+//! cargo bench --bench forward -- [--events N] [--runs R] [--drain N] [--in-process-endpoint]
+//!     [--bin PATH] [--wrap "valgrind --tool=callgrind ..."] [--sign]
 //! ```
 //!
-//! The endpoint is minimal and in-process: it answers CreateLogGroup, CreateLogStream,
-//! PutRetentionPolicy and PutLogEvents, and for each PutLogEvents call checks
-//! CloudWatch's rules (≤ 10,000 events, ≤ 1,048,576 bytes counting 26 per event,
-//! chronological order, ≤ 24 h span) and counts events. moto is far too slow to measure
-//! against. Each run writes N ~600-byte server-log lines, starts `audit-relay run`
-//! (fsync durability) and measures the time until the endpoint has received all N
-//! events, the calls' fill, and the relay's peak RSS. `--drain N` also measures the
+//! By default the endpoint is `examples/cw_endpoint.rs` in its own process (what an
+//! operator's relay talks to): it verifies each call's SigV4 signature, parses the JSON,
+//! checks CloudWatch's rules and records every event's id; at the end the bench asks it
+//! whether every expected id arrived, once, in order. `--in-process-endpoint` uses the
+//! older minimal endpoint in the bench's own process (it checks the rules and counts).
+//! moto is far too slow to measure against.
+//!
+//! Each run writes N ~660-byte server-log lines (before the clock starts), starts
+//! `audit-relay run` (fsync durability) and measures the time until the endpoint has
+//! received all N events; also the time until the spool held all N (the ingest part of
+//! the same run), the calls' fill, the relay's CPU seconds (utime + stime of the process
+//! and per thread, from /proc) and its peak RSS (VmHWM). `--drain N` also measures the
 //! drain of an N-event backlog: ingest with the endpoint down, then start it.
+//! `--bin` runs another build of the relay; `--wrap` runs the relay under a command
+//! (e.g. callgrind, for the profile in docs/benchmarks.md). `--sign` signs the integrity
+//! checkpoints (a fresh Ed25519 key); without it they are chained but unsigned.
 
 mod support;
 
 use support::gen;
 #[allow(unused_imports)]
 use support::{decode_event, fill_spool, now_ms, status_kib};
+use support::{events_stored, loadavg, process_cpu_secs, thread_cpu_secs};
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -134,34 +144,70 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_lines(path: &Path, n: u64, seed: u64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let mut g = gen::Gen::new(seed);
-    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    for i in 0..n {
-        let ms = now - 3_600_000 + (i as i64 * 3_600_000 / n.max(1) as i64);
-        writeln!(w, "{}", gen::server_line(&mut g, ms).line).unwrap();
-    }
-    w.flush().unwrap();
+struct Args {
+    events: u64,
+    runs: usize,
+    drain: u64,
+    in_process: bool,
+    bin: String,
+    wrap: Vec<String>,
+    /// Sign the integrity checkpoints (a fresh Ed25519 key per run).
+    sign: bool,
 }
 
-fn start_relay(dir: &Path, port: u16) -> Child {
+/// Writes `n` server-log lines spread over the last hour; returns their ids in order.
+fn write_lines(path: &Path, n: u64, seed: u64) -> Vec<String> {
+    let now = now_ms();
+    let mut g = gen::Gen::new(seed);
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut ids = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let ms = now - 3_600_000 + (i as i64 * 3_600_000 / n.max(1) as i64);
+        let s = gen::server_line(&mut g, ms);
+        writeln!(w, "{}", s.line).unwrap();
+        ids.push(s.id);
+    }
+    w.flush().unwrap();
+    ids
+}
+
+fn start_relay(a: &Args, dir: &Path, port: u16) -> Child {
+    let integrity = if a.sign {
+        let key = dir.join("signing.pem");
+        let ok = Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl genpkey");
+        format!(
+            "[integrity]\nsigning_key_file = {:?}\n",
+            key.display().to_string()
+        )
+    } else {
+        String::new()
+    };
     let cfg = dir.join("relay.toml");
     std::fs::write(
         &cfg,
         format!(
             "[source]\npaths = [\"{d}/logs/*.log\"]\n[spool]\ndir = \"{d}/spool\"\n[log]\nlevel = \"error\"\n\
              [cloudwatch]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:{port}\"\nlog_group = \"/bench\"\n\
-             log_stream = \"bench\"\nbackoff_max = \"200ms\"\n",
+             log_stream = \"bench\"\nbackoff_max = \"200ms\"\n{integrity}",
             d = dir.display()
         ),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_audit-relay"))
-        .args(["-c", cfg.to_str().unwrap(), "run"])
+    let mut cmd = match a.wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(&a.bin);
+            c
+        }
+        None => Command::new(&a.bin),
+    };
+    cmd.args(["-c", cfg.to_str().unwrap(), "run"])
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -185,110 +231,309 @@ fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// End to end: (events/s, average events per call, average bytes per call, peak RSS KiB).
-fn end_to_end(n: u64, run: usize) -> (f64, f64, f64, u64) {
+/// The endpoint process (`examples/cw_endpoint`), with the expected ids.
+struct EndpointProcess {
+    child: Child,
+    port: u16,
+}
+
+impl EndpointProcess {
+    fn start(port: u16, ids_file: &Path) -> EndpointProcess {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .unwrap()
+            .join("examples/cw_endpoint");
+        let mut child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--expect"])
+            .arg(ids_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (build it: cargo build --release --examples)",
+                    bin.display()
+                )
+            });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("endpoint said {line:?}"));
+        EndpointProcess { child, port }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("endpoint");
+        s.write_all(b"GET /_stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+impl Drop for EndpointProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a run's endpoint counts: in this process or in its own.
+enum Endpoint {
+    InProcess(Arc<Counts>, u16),
+    Process(EndpointProcess),
+}
+
+impl Endpoint {
+    fn start(a: &Args, port: u16, ids: &[String], dir: &Path) -> Endpoint {
+        if a.in_process {
+            let counts = Arc::new(Counts::default());
+            let port = endpoint(port, counts.clone());
+            Endpoint::InProcess(counts, port)
+        } else {
+            let f = dir.join("ids.txt");
+            std::fs::write(&f, ids.join("\n") + "\n").unwrap();
+            Endpoint::Process(EndpointProcess::start(port, &f))
+        }
+    }
+
+    fn port(&self) -> u16 {
+        match self {
+            Endpoint::InProcess(_, port) => *port,
+            Endpoint::Process(p) => p.port,
+        }
+    }
+
+    /// CPU seconds of the endpoint process so far (0 in-process: not separable).
+    fn cpu_secs(&self) -> f64 {
+        match self {
+            Endpoint::InProcess(..) => 0.0,
+            Endpoint::Process(p) => process_cpu_secs(p.child.id()),
+        }
+    }
+
+    /// (events, calls, bytes)
+    fn counts(&self) -> (u64, u64, u64) {
+        match self {
+            Endpoint::InProcess(c, _) => (
+                c.events.load(Ordering::Relaxed),
+                c.calls.load(Ordering::Relaxed),
+                c.bytes.load(Ordering::Relaxed),
+            ),
+            Endpoint::Process(p) => {
+                let s = p.stats();
+                let g = |k: &str| s[k].as_u64().unwrap_or(0);
+                (g("events"), g("calls"), g("bytes"))
+            }
+        }
+    }
+
+    /// Panics unless every call kept CloudWatch's rules (and, in its own process, every
+    /// expected event arrived once, in order).
+    fn check(&self) {
+        match self {
+            Endpoint::InProcess(c, _) => assert_eq!(
+                c.violations.load(Ordering::Relaxed),
+                0,
+                "a call broke CloudWatch's rules"
+            ),
+            Endpoint::Process(p) => {
+                let s = p.stats();
+                assert_eq!(s["violations"], 0, "endpoint refused calls: {s}");
+                assert_eq!(s["missing"], 0, "events lost: {s}");
+                assert_eq!(s["unexpected"], 0, "events never written arrived: {s}");
+                assert_eq!(s["in_order"], true, "events out of order: {s}");
+                if s["duplicates"] != 0 {
+                    println!("  note: {} duplicates (at-least-once)", s["duplicates"]);
+                }
+            }
+        }
+    }
+}
+
+/// One end-to-end run's figures.
+struct Run {
+    rate: f64,
+    ingest_rate: f64,
+    cpu_per_million: f64,
+    hwm_kib: u64,
+}
+
+fn end_to_end(a: &Args, run: usize) -> Run {
+    let n = a.events;
     let dir = fresh_dir(&format!("e2e{run}"));
-    write_lines(&dir.join("logs/a.log"), n, run as u64 + 11);
-    let counts = Arc::new(Counts::default());
-    let port = endpoint(0, counts.clone());
+    let ids = write_lines(&dir.join("logs/a.log"), n, run as u64 + 11);
+    let ep = Endpoint::start(a, 0, &ids, &dir);
+    drop(ids);
+    let port = ep.port();
+    let load = loadavg();
+    let db = dir.join("spool/spool.db");
     let started = Instant::now();
-    let child = start_relay(&dir, port);
+    let child = start_relay(a, &dir, port);
     let mut hwm = 0;
-    while counts.events.load(Ordering::Relaxed) < n {
+    let mut ingest_secs = None;
+    loop {
         hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
-        assert!(started.elapsed() < Duration::from_secs(900), "timed out");
+        if ingest_secs.is_none() && events_stored(&db) >= n {
+            ingest_secs = Some(started.elapsed().as_secs_f64());
+        }
+        if ep.counts().0 >= n {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3600), "timed out");
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
     hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
+    let cpu = process_cpu_secs(child.id());
+    let endpoint_cpu = ep.cpu_secs();
+    let threads: Vec<String> = thread_cpu_secs(child.id())
+        .into_iter()
+        .map(|(t, s)| format!("{t} {:.2}", s * 1e6 / n as f64))
+        .collect();
+    let ingest_secs = ingest_secs.unwrap_or(secs);
     stop(child);
-    let calls = counts.calls.load(Ordering::Relaxed) as f64;
-    assert_eq!(
-        counts.violations.load(Ordering::Relaxed),
-        0,
-        "a call broke CloudWatch's rules"
-    );
-    let r = (
-        n as f64 / secs,
-        n as f64 / calls,
-        counts.bytes.load(Ordering::Relaxed) as f64 / calls,
-        hwm,
+    ep.check();
+    let (_, calls, bytes) = ep.counts();
+    let r = Run {
+        rate: n as f64 / secs,
+        ingest_rate: n as f64 / ingest_secs,
+        cpu_per_million: cpu * 1e6 / n as f64,
+        hwm_kib: hwm,
+    };
+    println!(
+        "run {run} (load {load}): {n} events in {secs:.2}s = {:.0} events/s end to end (spool had them all after {ingest_secs:.2}s = {:.0}/s); \
+         relay CPU {cpu:.2}s = {:.2} CPU-s per million events; {:.0} events and {:.0} bytes per call; peak RSS {:.1} MiB",
+        r.rate,
+        r.ingest_rate,
+        r.cpu_per_million,
+        n as f64 / calls as f64,
+        bytes as f64 / calls as f64,
+        hwm as f64 / 1024.0
     );
     println!(
-        "run {run}: {n} events in {secs:.2}s = {:.0} events/s end to end; {:.0} events and {:.0} bytes per call; peak RSS {:.1} MiB",
-        r.0,
-        r.1,
-        r.2,
-        hwm as f64 / 1024.0
+        "  relay CPU µs/event by thread: {}; endpoint process {:.2} CPU-s per million events",
+        threads.join(", "),
+        endpoint_cpu * 1e6 / n as f64
     );
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
 
 /// Backlog drain: events/s once the endpoint comes up with `n` events waiting.
-fn drain(n: u64) -> f64 {
+fn drain(a: &Args, n: u64) -> f64 {
     let dir = fresh_dir("drain");
-    write_lines(&dir.join("logs/a.log"), n, 99);
+    let ids = write_lines(&dir.join("logs/a.log"), n, 99);
     let port = free_port();
-    let child = start_relay(&dir, port);
+    let child = start_relay(a, &dir, port);
     let db = dir.join("spool/spool.db");
-    loop {
-        let stored =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT value FROM counters WHERE name = 'events'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                })
-                .unwrap_or(0);
-        if stored as u64 >= n {
-            break;
-        }
+    while events_stored(&db) < n {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let counts = Arc::new(Counts::default());
+    let hwm_ingest = status_kib(child.id(), "VmHWM:");
+    let cpu0 = process_cpu_secs(child.id());
+    let load = loadavg();
     let started = Instant::now();
-    endpoint(port, counts.clone());
-    while counts.events.load(Ordering::Relaxed) < n {
-        assert!(started.elapsed() < Duration::from_secs(900), "timed out");
+    let ep = Endpoint::start(a, port, &ids, &dir);
+    drop(ids);
+    let mut hwm = 0;
+    while ep.counts().0 < n {
+        hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
+        assert!(started.elapsed() < Duration::from_secs(3600), "timed out");
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
+    hwm = hwm.max(status_kib(child.id(), "VmHWM:"));
+    let cpu = process_cpu_secs(child.id()) - cpu0;
     stop(child);
+    ep.check();
     let _ = std::fs::remove_dir_all(&dir);
     let rate = n as f64 / secs;
-    println!("drain: {n}-event backlog sent in {secs:.2}s = {rate:.0} events/s (includes up to one backoff_max of 200ms)");
+    println!(
+        "drain (load {load}): {n}-event backlog sent in {secs:.2}s = {rate:.0} events/s (includes up to one backoff_max of 200ms); \
+         relay CPU {:.2} CPU-s per million while draining; peak RSS {:.1} MiB after ingest, {:.1} MiB after the drain",
+        cpu * 1e6 / n as f64,
+        hwm_ingest as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
     rate
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
 fn main() {
-    let mut events = 1_000_000u64;
-    let mut runs = 3usize;
-    let mut drain_n = 0u64;
+    let mut a = Args {
+        events: 1_000_000,
+        runs: 3,
+        drain: 0,
+        in_process: false,
+        bin: env!("CARGO_BIN_EXE_audit-relay").into(),
+        wrap: Vec::new(),
+        sign: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
-            "--events" => events = it.next().unwrap().parse().unwrap(),
-            "--runs" => runs = it.next().unwrap().parse().unwrap(),
-            "--drain" => drain_n = it.next().unwrap().parse().unwrap(),
+            "--events" => a.events = it.next().unwrap().parse().unwrap(),
+            "--runs" => a.runs = it.next().unwrap().parse().unwrap(),
+            "--drain" => a.drain = it.next().unwrap().parse().unwrap(),
+            "--in-process-endpoint" => a.in_process = true,
+            "--sign" => a.sign = true,
+            "--bin" => a.bin = it.next().unwrap(),
+            "--wrap" => {
+                a.wrap = it
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            }
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
     }
-    let mut rates: Vec<f64> = (0..runs).map(|r| end_to_end(events, r).0).collect();
-    if !rates.is_empty() {
-        rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let runs: Vec<Run> = (0..a.runs).map(|r| end_to_end(&a, r)).collect();
+    if !runs.is_empty() {
         println!(
-            "median of {runs}: {:.0} events/s end to end ({events} events, fsync, {} cores)",
-            rates[rates.len() / 2],
+            "median of {}: {:.0} events/s end to end, ingest part {:.0} events/s, {:.2} relay CPU-s per million events, peak RSS {:.1} MiB \
+             ({} events, fsync, {} cores, endpoint {})",
+            a.runs,
+            median(runs.iter().map(|r| r.rate).collect()),
+            median(runs.iter().map(|r| r.ingest_rate).collect()),
+            median(runs.iter().map(|r| r.cpu_per_million).collect()),
+            median(runs.iter().map(|r| r.hwm_kib as f64).collect()) / 1024.0,
+            a.events,
             std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(0)
+                .unwrap_or(0),
+            if a.in_process { "in-process" } else { "own process" }
         );
     }
-    if drain_n > 0 {
-        drain(drain_n);
+    if a.drain > 0 {
+        drain(&a, a.drain);
     }
 }

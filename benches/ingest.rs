@@ -118,30 +118,6 @@ fn purged(db: &Path) -> u64 {
         .unwrap_or(0) as u64
 }
 
-/// CPU seconds (user + system) per thread name of a process.
-fn thread_cpu(pid: u32) -> Vec<(String, f64)> {
-    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
-    let tick = 100.0; // USER_HZ
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        if f.len() > 12 {
-            *by_name.entry(name.trim().to_string()).or_default() += (f[11] + f[12]) / tick;
-        }
-    }
-    by_name.into_iter().filter(|(_, s)| *s > 0.0).collect()
-}
-
 fn one_run(a: &Args, run: usize, pg: Option<&Postgres>) -> (f64, u64) {
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-ingest".into());
     let dir = Path::new(&base).join(format!("run{run}"));
@@ -237,7 +213,7 @@ fn one_run(a: &Args, run: usize, pg: Option<&Postgres>) -> (f64, u64) {
             started.elapsed().as_secs_f64()
         );
     }
-    let cpu: Vec<String> = thread_cpu(child.id())
+    let cpu: Vec<String> = support::thread_cpu_secs(child.id())
         .into_iter()
         .map(|(n, s)| format!("{n} {:.2} µs/event", s * 1e6 / a.events as f64))
         .collect();

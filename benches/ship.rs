@@ -89,10 +89,9 @@ fn main() {
                 .last_seq;
             let secs = ship_all(&rt, &pg, dir.path(), &format!("bench-{run}"), last);
             let rate = last as f64 / secs;
-            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             eprintln!(
                 "{name} run {run}: shipped {last} rows ({events} events + checkpoints) in {secs:.2}s: {rate:.0} rows/s (load average {})",
-                load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                support::loadavg()
             );
             rates.push(rate);
         }

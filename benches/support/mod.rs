@@ -118,3 +118,52 @@ pub mod postgres;
 /// the instance's memory (2 GB of an 8 GB one) and max_wal_size 2 GB; PostgreSQL's own
 /// defaults (128 MB, 1 GB) are for a laptop.
 pub const PRODUCTION_PG: &[&str] = &["shared_buffers=2GB", "max_wal_size=2GB"];
+
+/// CPU seconds (utime + stime) of a whole process from `/proc/<pid>/stat`, 0 when
+/// unreadable.
+pub fn process_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_of_stat(&stat)
+}
+
+/// utime + stime in seconds of a `/proc/.../stat` line.
+fn cpu_of_stat(stat: &str) -> f64 {
+    // USER_HZ. Fields after the ")" that ends the command name: utime is the 12th,
+    // stime the 13th.
+    let tick = 100.0;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    if f.len() > 12 {
+        (f[11] + f[12]) / tick
+    } else {
+        0.0
+    }
+}
+
+/// CPU seconds (user + system) per thread name of a process.
+pub fn thread_cpu_secs(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        *by_name.entry(name.trim().to_string()).or_default() += cpu_of_stat(&stat);
+    }
+    by_name.into_iter().filter(|(_, s)| *s > 0.0).collect()
+}
+
+/// The load average line of `/proc/loadavg` (first three fields).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
