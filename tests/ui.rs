@@ -231,12 +231,9 @@ fn query_ids(h: &Harness, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn whole_second(ms: i64) -> i64 {
-    ms - ms.rem_euclid(1000)
-}
-
-#[test]
-fn the_viewer_in_headless_chromium() {
+/// Runs `tests/ui/viewer.test.mjs` on `fixture` in headless Chromium; asserts that it
+/// passed, and returns what it printed and how long it took.
+fn run_browser(h: &Harness, relay: &Relay, fixture: &serde_json::Value) -> (String, Duration) {
     let node_modules = repo().join("tests/ui/node_modules/playwright-core");
     assert!(
         Path::new(CHROMIUM).exists(),
@@ -247,6 +244,34 @@ fn the_viewer_in_headless_chromium() {
         "{} is missing: run `npm ci` in tests/ui (scripts/test does)",
         node_modules.display()
     );
+    let fixture_path = h.dir.path().join("fixture.json");
+    std::fs::write(&fixture_path, fixture.to_string()).unwrap();
+    let started = Instant::now();
+    let out = Command::new("node")
+        .arg(repo().join("tests/ui/viewer.test.mjs"))
+        .arg(&fixture_path)
+        .current_dir(repo().join("tests/ui"))
+        .output()
+        .expect("run node");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the browser tests failed ({:?}); relay log:\n{}",
+        out.status,
+        relay.log()
+    );
+    (stdout, took)
+}
+
+fn whole_second(ms: i64) -> i64 {
+    ms - ms.rem_euclid(1000)
+}
+
+#[test]
+fn the_viewer_in_headless_chromium() {
     let (h, mut relay, addr) = viewer_harness(&[&format!("ui_token_cookie = \"{COOKIE}\"")]);
     let now = now_ms();
     // The window ends before now, so the viewer's own reads (audited at now) fall outside.
@@ -342,26 +367,7 @@ fn the_viewer_in_headless_chromium() {
         "userDataDir": h.dir.path().join("chromium-profile"),
         "downloads": h.dir.path().join("downloads"),
     });
-    let fixture_path = h.dir.path().join("fixture.json");
-    std::fs::write(&fixture_path, fixture.to_string()).unwrap();
-
-    let started = Instant::now();
-    let out = Command::new("node")
-        .arg(repo().join("tests/ui/viewer.test.mjs"))
-        .arg(&fixture_path)
-        .current_dir(repo().join("tests/ui"))
-        .output()
-        .expect("run node");
-    let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the browser tests failed ({:?}); relay log:\n{}",
-        out.status,
-        relay.log()
-    );
+    let (stdout, took) = run_browser(&h, &relay, &fixture);
     assert!(stdout.contains("# all passed"), "{stdout}");
     assert!(
         took < Duration::from_secs(120),
@@ -380,5 +386,30 @@ fn the_viewer_in_headless_chromium() {
         !reads.iter().any(|(_, a, _)| a == "owner-of-b"),
         "a refused caller read nothing"
     );
+    relay.terminate();
+}
+
+#[test]
+fn with_the_installation_store_the_page_says_it_shows_the_whole_installation() {
+    let pg = common::postgres::Postgres::start();
+    let (h, _) = api_harness_with(&[], &["ui = true", "store = \"postgres\""]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str(&pg.config_section("pod-ui", &[]));
+    h.write_config(&text);
+    let relay = h.start();
+    let addr = api_addr(&relay);
+    let owner = owner_of(ORG_A, "owner-of-a", now_ms() / 1000 + 3600);
+    let j = get(&addr, &owner, "/ui/api/session").json();
+    assert_eq!(j["store"], "postgres", "{j}");
+    let fixture = json!({
+        "mode": "banner",
+        "base": format!("http://{addr}"),
+        "chromium": CHROMIUM,
+        "orgA": ORG_A,
+        "ownerA": owner,
+        "userDataDir": h.dir.path().join("chromium-profile"),
+        "downloads": h.dir.path().join("downloads"),
+    });
+    run_browser(&h, &relay, &fixture);
     relay.terminate();
 }

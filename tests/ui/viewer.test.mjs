@@ -113,6 +113,22 @@ async function check(name, f) {
   results.push(name);
 }
 
+if (fx.mode === "banner") {
+  // A relay answering from the installation store: the page says it shows everything.
+  await check("with the installation store, the page says it shows the whole installation", async () => {
+    const { page } = await tab();
+    await page.goto(`${fx.base}/ui/#org=${fx.orgA}&range=24h`);
+    await signIn(page, fx.ownerA);
+    await nextPage(page, 0);
+    assert.match(await page.textContent("#scope"), /^Whole installation: every relay's events/);
+    assert.ok(await page.$eval("#scope", (e) => e.classList.contains("installation")));
+  });
+  await context.close();
+  clearTimeout(watchdog);
+  console.log(`# all passed (${results.length} checks)`);
+  process.exit(0);
+}
+
 await check("no token: the sign-in page, no read at all", async () => {
   const { page, seen } = await tab();
   await page.goto(`${fx.base}/ui/${fragment()}`);
