@@ -413,3 +413,49 @@ fn with_the_installation_store_the_page_says_it_shows_the_whole_installation() {
     run_browser(&h, &relay, &fixture);
     relay.terminate();
 }
+
+#[test]
+fn over_a_long_range_the_histogram_says_it_covers_only_the_newest_100000_events() {
+    let (h, mut relay, addr) = viewer_harness(&[]);
+    let now = now_ms();
+    let mut g = gen::Gen::new(1313);
+    let n = 100_500u64;
+    let mut f = append_to(&h.log("seed.log"));
+    let mut lines = Vec::with_capacity(10_000);
+    for i in 0..n {
+        // Spread over 89 days, newest first in the file (the order does not matter).
+        let ms = now - 3_600_000 - (i as i64 * 89 * 86_400_000) / n as i64;
+        lines.push(event_line(
+            &g.uuid(),
+            ms,
+            "startWorkspace",
+            ORG_A,
+            ACTORS[0],
+            i,
+        ));
+        if lines.len() == 10_000 {
+            write_lines(&mut f, &lines);
+            lines.clear();
+        }
+    }
+    write_lines(&mut f, &lines);
+    h.wait_until(
+        Some(&mut relay),
+        "the seeded events",
+        Duration::from_secs(120),
+        || h.count() >= n,
+    );
+    let fixture = json!({
+        "mode": "cap",
+        "base": format!("http://{addr}"),
+        "chromium": CHROMIUM,
+        "orgA": ORG_A,
+        "ownerA": owner_of(ORG_A, "owner-of-a", now / 1000 + 3600),
+        "userDataDir": h.dir.path().join("chromium-profile"),
+        "downloads": h.dir.path().join("downloads"),
+    });
+    let (stdout, took) = run_browser(&h, &relay, &fixture);
+    println!("the 90-day view with {n} events, in the browser: {took:?} in all");
+    assert!(stdout.contains("# all passed"), "{stdout}");
+    relay.terminate();
+}
