@@ -357,6 +357,7 @@ fn the_viewer_in_headless_chromium() {
         "ownerA": owner_of(ORG_A, "owner-of-a", exp),
         "ownerB": owner_of(ORG_B, "owner-of-b", exp),
         "expiredA": owner_of(ORG_A, "owner-of-a", now / 1000 - 600),
+        "admin": ADMIN_TOKEN,
         "all": all,
         "actor": {"actor": ACTORS[1], "ids": by_actor},
         "action": {"action": ACTIONS[1], "ids": by_action},

@@ -295,6 +295,22 @@ await check("the actor and action filters narrow the list to what `audit-relay q
   assert.ok(suggested.includes("startWorkspace") && suggested.includes("gitpod.v1.AuditLogService/listAuditLogs"));
 });
 
+await check("an installation admin's operator token types the organization", async () => {
+  const { page: p } = await tab();
+  await p.goto(`${fx.base}/ui/`);
+  await signIn(p, fx.admin);
+  await p.waitForSelector("#org-input", { state: "visible" });
+  assert.equal(await p.textContent("#who"), "signed in as operator:admin");
+  await p.fill("#org-input", fx.orgA);
+  await p.selectOption("#range", "custom");
+  await p.fill("#from", fx.from.slice(0, 19));
+  await p.fill("#to", fx.to.slice(0, 19));
+  await p.click("#apply");
+  await nextPage(p, 0);
+  assert.deepEqual((await walk(p)).ids, fx.all);
+  await p.close();
+});
+
 await context.close();
 clearTimeout(watchdog);
 console.log(`# all passed (${results.length} checks)`);
