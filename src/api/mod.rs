@@ -21,6 +21,9 @@
 //! keys, operator tokens and certificate are replaced while it runs on SIGHUP
 //! ([`reload`]).
 //!
+//! With `api.ui = true` the same port also serves the read-only viewer at `/ui/`
+//! ([`ui`]), which calls these endpoints with the caller's own token.
+//!
 //! Organization and actor ids are parsed as UUIDs at the edge ([`request`]) and used in
 //! their canonical form (lowercase, hyphenated) everywhere after: scopes, roles, the
 //! query, page tokens and the read's own audit event.
@@ -38,6 +41,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod ui;
 
 /// The messages of `proto/gitpod/v1/`, compiled by `build.rs`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -127,6 +131,10 @@ pub struct Inner {
     pub request_timeout: Duration,
     /// Requests by route and status, and their latency (rendered on the admin `/metrics`).
     pub metrics: Arc<ApiMetrics>,
+    /// `api.ui`: serve the viewer at `/ui/`.
+    ui: bool,
+    /// `api.ui_token_cookie` (only with `api.ui`).
+    ui_token_cookie: Option<String>,
 }
 
 /// What every handler shares.
@@ -163,6 +171,8 @@ impl ApiState {
             max_body_bytes: config.max_body_bytes.0 as usize,
             request_timeout: config.request_timeout.0,
             metrics,
+            ui: config.ui,
+            ui_token_cookie: config.ui_token_cookie.clone().filter(|_| config.ui),
         })))
     }
 
@@ -170,6 +180,14 @@ impl ApiState {
         let h = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        // The viewer's cookie, only without `Authorization` and with the viewer's header.
+        let from_cookie = match (h, &self.ui_token_cookie) {
+            (None, Some(name)) if headers.contains_key(ui::UI_HEADER) => {
+                ui::cookie(headers, name).map(|t| format!("Bearer {t}"))
+            }
+            _ => None,
+        };
+        let h = h.or(from_cookie.as_deref());
         self.auth
             .current()
             .authenticate(h, (now_ms() / 1000).max(0) as u64)
@@ -309,7 +327,13 @@ pub fn check_files(c: &ApiConfig) -> Vec<String> {
 
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
+    let ui = if state.ui {
+        ui::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(ui)
         .route(
             "/gitpod.v1.AuditLogService/ListAuditLogs",
             post(connect::list_audit_logs),

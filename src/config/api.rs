@@ -62,6 +62,18 @@ pub struct ApiConfig {
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Serve the read-only audit log viewer at `/ui/` (docs/ui.md): static pages built into
+    /// the binary that call this API's ListAuditLogs and export endpoints with the
+    /// caller's own token, under the same authorization. Default `false` (`/ui/` is 404).
+    #[serde(default)]
+    pub ui: bool,
+    /// With `ui = true`: name of a cookie that holds the caller's bearer token (the
+    /// platform's JWT), for a viewer mounted under the platform's domain. It is accepted
+    /// only on requests that also carry the viewer's `X-Audit-Relay-UI: 1` header (which a
+    /// cross-site page cannot send), and only when no `Authorization` header is given.
+    /// Default none: the viewer asks for a token, kept in the tab's `sessionStorage`.
+    #[serde(default)]
+    pub ui_token_cookie: Option<String>,
     /// `[api.auth]`: JWTs signed by the platform; absent: only operator tokens are accepted.
     #[serde(default)]
     pub auth: Option<ApiAuthConfig>,
@@ -251,6 +263,21 @@ pub fn validate(c: &ApiConfig, problems: &mut Vec<Problem>) {
         ),
         _ => {}
     }
+    if let Some(name) = &c.ui_token_cookie {
+        // A cookie name is an RFC 6265 token: visible ASCII without separators.
+        let token = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            bad(
+                "api.ui_token_cookie".into(),
+                format!("not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only): {name:?}"),
+            );
+        } else if !c.ui {
+            bad(
+                "api.ui_token_cookie".into(),
+                "is used only by the viewer: set api.ui = true, or remove this key".into(),
+            );
+        }
+    }
     if let Some(a) = &c.auth {
         if a.jwt_hs256_secret_file.is_none() && a.jwt_jwks_file.is_none() {
             bad(
@@ -330,6 +357,7 @@ mod tests {
         assert_eq!(api.max_connections, 256);
         assert_eq!(api.header_read_timeout.0.as_secs(), 10);
         assert_eq!(api.idle_timeout.0.as_secs(), 60);
+        assert!(!api.ui && api.ui_token_cookie.is_none());
         let full = r#"
 [api]
 listen = "127.0.0.1:8080"
@@ -400,5 +428,25 @@ organizations = ["not-a-uuid"]
         let half = "[api]\nlisten = \"127.0.0.1:1\"\ntls_key = \"/k.pem\"\n";
         assert!(problems(half)[0].starts_with("api.tls_cert: required when api.tls_key"));
         assert!(problems("[api]\nlisten = \"127.0.0.1:1\"\nport = 3\n")[0].contains("port"));
+        let ui = |extra: &str| problems(&format!("[api]\nlisten = \"127.0.0.1:1\"\n{extra}"));
+        assert_eq!(
+            ui("ui = true\nui_token_cookie = \"_platform_jwt\"\n"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ui("ui = true\nui_token_cookie = \"a b;\"\n"),
+            vec!["api.ui_token_cookie: not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only): \"a b;\""]
+        );
+        assert!(ui("ui = true\nui_token_cookie = \"\"\n")[0]
+            .starts_with("api.ui_token_cookie: not a cookie name"));
+        assert_eq!(
+            ui("ui_token_cookie = \"jwt\"\n"),
+            vec!["api.ui_token_cookie: is used only by the viewer: set api.ui = true, or remove this key"]
+        );
+        assert!(
+            ui("ui = \"yes\"\n")[0].starts_with("api.ui"),
+            "{:?}",
+            ui("ui = \"yes\"\n")
+        );
     }
 }
