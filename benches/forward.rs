@@ -173,18 +173,7 @@ fn write_lines(path: &Path, n: u64, seed: u64) -> Vec<String> {
 
 fn start_relay(a: &Args, dir: &Path, port: u16) -> Child {
     let integrity = if a.sign {
-        let key = dir.join("signing.pem");
-        let ok = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "ed25519", "-out"])
-            .arg(&key)
-            .status()
-            .expect("openssl")
-            .success();
-        assert!(ok, "openssl genpkey");
-        format!(
-            "[integrity]\nsigning_key_file = {:?}\n",
-            key.display().to_string()
-        )
+        support::signing_key_section(dir)
     } else {
         String::new()
     };

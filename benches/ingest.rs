@@ -134,18 +134,7 @@ fn one_run(a: &Args, run: usize, pg: Option<&Postgres>) -> (f64, u64) {
         fill_spool_with(&spool_dir, a.old, start_ms - 100 * 86_400_000, Some(10_000));
     }
     let integrity = if a.sign {
-        let key = dir.join("signing.pem");
-        let ok = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "ed25519", "-out"])
-            .arg(&key)
-            .status()
-            .expect("openssl")
-            .success();
-        assert!(ok, "openssl genpkey");
-        format!(
-            "[integrity]\nsigning_key_file = {:?}\n",
-            key.display().to_string()
-        )
+        support::signing_key_section(&dir)
     } else {
         String::new()
     };

@@ -450,18 +450,6 @@ fn verify_textfile_reports_intact_broken_and_unreadable() {
     assert_eq!(m["audit_relay_verify_result"], 2.0);
 }
 
-/// GitHub's anchor for a heading: lower case, punctuation other than `-` and `_` dropped,
-/// spaces to `-`.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
 #[test]
 fn every_alert_has_its_runbook_entry_and_the_runbook_links_resolve() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -472,7 +460,7 @@ fn every_alert_has_its_runbook_entry_and_the_runbook_links_resolve() {
         if line.starts_with("```") {
             in_code = !in_code;
         } else if !in_code && line.starts_with('#') {
-            anchors.insert(anchor(line.trim_start_matches('#')));
+            anchors.insert(common::github_anchor(line.trim_start_matches('#')));
         }
     }
     let rules = std::fs::read_to_string(prometheus_dir().join("alerts.yaml")).unwrap();

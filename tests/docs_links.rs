@@ -5,22 +5,13 @@
 //! line. Links inside fenced code blocks and inline code are not links. Also: the README
 //! keeps what a newcomer reads first, and the runbook keeps its entries.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// GitHub's anchor for a heading's text.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
 }
 
 /// The text outside fenced code blocks, line by line, with inline code spans blanked.
@@ -70,7 +61,7 @@ fn anchors(text: &str) -> BTreeSet<String> {
         }
         let hashes = line.chars().take_while(|c| *c == '#').count();
         if (1..=6).contains(&hashes) && line[hashes..].starts_with(' ') {
-            let a = anchor(&line[hashes..]);
+            let a = common::github_anchor(&line[hashes..]);
             let n = seen.entry(a.clone()).or_insert(0);
             out.insert(if *n == 0 {
                 a.clone()
@@ -189,20 +180,29 @@ fn every_relative_link_and_anchor_resolves() {
 #[test]
 fn the_anchor_rules_are_githubs() {
     assert_eq!(
-        anchor("Several streams: cloudwatch.streams"),
+        common::github_anchor("Several streams: cloudwatch.streams"),
         "several-streams-cloudwatchstreams"
     );
-    assert_eq!(anchor("Readiness: /readyz"), "readiness-readyz");
-    assert_eq!(anchor("Alert: AuditRelayDown"), "alert-auditrelaydown");
     assert_eq!(
-        anchor("A relay's spool was lost"),
+        common::github_anchor("Readiness: /readyz"),
+        "readiness-readyz"
+    );
+    assert_eq!(
+        common::github_anchor("Alert: AuditRelayDown"),
+        "alert-auditrelaydown"
+    );
+    assert_eq!(
+        common::github_anchor("A relay's spool was lost"),
         "a-relays-spool-was-lost"
     );
     assert_eq!(
-        anchor("Upgrades: probes answer while the spool is migrated"),
+        common::github_anchor("Upgrades: probes answer while the spool is migrated"),
         "upgrades-probes-answer-while-the-spool-is-migrated"
     );
-    assert_eq!(anchor("`verify --cloudwatch`"), "verify---cloudwatch");
+    assert_eq!(
+        common::github_anchor("`verify --cloudwatch`"),
+        "verify---cloudwatch"
+    );
     let a = anchors("# A\n## Examples\n```\n# not a heading\n```\n### Examples\n");
     assert_eq!(a, ["a", "examples", "examples-1"].map(String::from).into());
     // A link in code is no link.

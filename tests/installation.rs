@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::wait_for;
+
 use common::postgres::Postgres;
 use common::{gen, server_lines, write_lines, Harness, Relay, DEADLINE};
 use std::collections::{HashMap, HashSet};
@@ -38,32 +40,6 @@ fn store_rows(pg: &Postgres) -> HashMap<String, (i64, i64, i64, i64)> {
     rows.iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
         .collect()
-}
-
-fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool, logs: &[&Relay]) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > deadline {
-            let logs: Vec<String> = logs.iter().map(|r| r.log()).collect();
-            panic!(
-                "timed out waiting for {what}\n--- relay logs ---\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The spool's last sequence number (every row: events, checkpoints, ledger rows).
-fn spool_last_seq(h: &Harness) -> i64 {
-    h.db()
-        .and_then(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
-                r.get(0)
-            })
-            .ok()
-        })
-        .unwrap_or(0)
 }
 
 #[test]
@@ -211,7 +187,7 @@ fn three_relays_sigkilled_and_postgres_crashing_ship_every_event_exactly_once() 
                     relays
                         .iter()
                         .zip(["pod-a", "pod-b", "pod-c"])
-                        .all(|(h, id)| rows.get(id).is_some_and(|r| r.3 == spool_last_seq(h)))
+                        .all(|(h, id)| rows.get(id).is_some_and(|r| r.3 == h.spool_last_seq()))
                 },
                 &refs,
             );
@@ -224,7 +200,7 @@ fn three_relays_sigkilled_and_postgres_crashing_ship_every_event_exactly_once() 
     let rows = store_rows(&pg);
     for (h, id) in relays.iter().zip(["pod-a", "pod-b", "pod-c"]) {
         let (n, distinct, min, max) = rows[id];
-        let last = spool_last_seq(h);
+        let last = h.spool_last_seq();
         assert_eq!(
             (n, distinct, min, max),
             (last, last, 1, last),

@@ -8,12 +8,14 @@
 mod api_common;
 mod common;
 
+use common::wait_for;
+
 use api_common::*;
 use common::postgres::Postgres;
 use common::*;
 use serde_json::json;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RELAYS: [&str; 3] = ["pod-a", "pod-b", "pod-c"];
 const ORG_C: &str = "cccccccc-0000-4000-8000-00000000000c";
@@ -26,20 +28,6 @@ fn relay(pg: &Postgres, relay_id: &str) -> Harness {
     text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     h.write_config(&text);
     h
-}
-
-fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool, logs: &[&Relay]) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > deadline {
-            let logs: Vec<String> = logs.iter().map(|r| r.log()).collect();
-            panic!(
-                "timed out waiting for {what}\n--- relay logs ---\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The events of one pod's file: `per_org` for each of ORG_A, ORG_B and ORG_C, at

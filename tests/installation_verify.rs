@@ -39,18 +39,6 @@ fn relay(pg: &Postgres, relay_id: &str, extra: &[&str]) -> Harness {
     h
 }
 
-/// The spool's last sequence number (every row: events, checkpoints, ledger rows).
-fn spool_last_seq(h: &Harness) -> i64 {
-    h.db()
-        .and_then(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
-                r.get(0)
-            })
-            .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn shipped_seq(pg: &Postgres, relay_id: &str) -> Option<i64> {
     pg.client()
         .query_opt(
@@ -75,7 +63,7 @@ fn ship_all(pg: &Postgres, relays: &[(&str, Harness, Vec<String>)]) {
     let start = Instant::now();
     while !relays
         .iter()
-        .all(|(id, h, _)| shipped_seq(pg, id) == Some(spool_last_seq(h)))
+        .all(|(id, h, _)| shipped_seq(pg, id) == Some(h.spool_last_seq()))
     {
         if start.elapsed() > Duration::from_secs(60) {
             let logs: Vec<String> = running.iter().map(|r| r.log()).collect();

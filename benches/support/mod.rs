@@ -167,3 +167,20 @@ pub fn loadavg() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A fresh Ed25519 key in `dir` (by `openssl genpkey`) and the `[integrity]` section
+/// that signs checkpoints with it.
+pub fn signing_key_section(dir: &Path) -> String {
+    let key = dir.join("signing.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok, "openssl genpkey");
+    format!(
+        "[integrity]\nsigning_key_file = {:?}\n",
+        key.display().to_string()
+    )
+}

@@ -249,6 +249,18 @@ impl Harness {
     }
 
     /// `audit-relay spool stats --json`, parsed.
+    /// The spool's last sequence number (every row: events, checkpoints, ledger rows).
+    pub fn spool_last_seq(&self) -> i64 {
+        self.db()
+            .and_then(|c| {
+                c.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                    r.get(0)
+                })
+                .ok()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         let out = self.cli_ok(&["spool", "stats", "--json"]);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("stats JSON {out:?}: {e}"))
@@ -579,4 +591,32 @@ pub fn rechain(dir: &Path, from: i64, resign: Option<&audit_relay::integrity::Si
     .unwrap();
     c.execute_batch("COMMIT").unwrap();
     resigned
+}
+
+/// Polls `f` every 100 ms until it holds; past `deadline` fails naming `what`, with the
+/// relays' logs attached.
+pub fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool, logs: &[&Relay]) {
+    let start = std::time::Instant::now();
+    while !f() {
+        if start.elapsed() > deadline {
+            let logs: Vec<String> = logs.iter().map(|r| r.log()).collect();
+            panic!(
+                "timed out waiting for {what}\n--- relay logs ---\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation other than `-` and `_` dropped,
+/// spaces to `-`.
+pub fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
 }
