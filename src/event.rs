@@ -27,9 +27,8 @@ pub const MAX_ID_CHARS: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: Uuid,
-    /// The timestamp as the emitter wrote it.
-    pub timestamp: String,
-    /// The same instant in UTC milliseconds since the Unix epoch.
+    /// The event's `timestamp` in UTC milliseconds since the Unix epoch (the text as
+    /// the emitter wrote it stays in the body).
     pub ts_ms: i64,
     pub action: String,
     pub organization_id: String,
@@ -99,8 +98,48 @@ impl fmt::Display for Invalid {
     }
 }
 
+/// A member's name, borrowed from the input when it holds no escape sequence (serde's
+/// own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
 /// The top-level members of a JSON object, in order, values left unparsed.
 struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// Collects an object's members; with `payload`, a member named `payload` whose value is
+/// an object is split into its own members in the same pass (a server log line's event
+/// is then read once, not skipped over and parsed again).
+fn visit_members<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    mut payload: Option<&mut Vec<Payload<'de>>>,
+) -> Result<Members<'de>, A::Error> {
+    let mut v = Vec::with_capacity(8);
+    while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+        match payload.as_deref_mut() {
+            Some(found) if k == "payload" => found.push(map.next_value::<Payload<'de>>()?),
+            _ => v.push((k, map.next_value::<&'de RawValue>()?)),
+        }
+    }
+    Ok(Members(v))
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -111,28 +150,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'a>, A::Error> {
-                let mut v = Vec::with_capacity(8);
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    v.push((k, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Members(v))
+                visit_members(&mut map, None)
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
+/// Maps a JSON parse failure to the reason that names it; serde_json's messages may
+/// quote the input ("invalid type: string \"…\""), so they are the value, not the reason.
+fn parse_failure(e: serde_json::Error) -> Invalid {
+    if e.is_data() {
+        Invalid::with_value("not a JSON object", e.to_string())
+    } else {
+        Invalid::with_value("not valid JSON", e.to_string())
+    }
+}
+
 impl<'a> Members<'a> {
     fn parse(text: &'a str) -> Result<Self, Invalid> {
-        // serde_json's messages may quote the input ("invalid type: string \"…\""), so
-        // they are the value, not the reason.
-        serde_json::from_str(text).map_err(|e| {
-            if e.is_data() {
-                Invalid::with_value("not a JSON object", e.to_string())
-            } else {
-                Invalid::with_value("not valid JSON", e.to_string())
-            }
-        })
+        serde_json::from_str(text).map_err(parse_failure)
     }
 
     /// The one value of `key`; a repeated key is refused, as JSON readers disagree on
@@ -155,6 +192,94 @@ impl<'a> Members<'a> {
     }
 }
 
+/// A log line's `payload`: the event object's members, or what else it was.
+enum Payload<'a> {
+    Object(Members<'a>),
+    /// Not an object: its kind, for the reason (`"an array"`).
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Payload<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload<'a>, A::Error> {
+                visit_members(&mut map, None).map(Payload::Object)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Payload<'a>, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Payload::Other("an array"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("a string"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("a boolean"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("null"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Payload<'a>, E> {
+                Ok(Payload::Other("a number"))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A line's top-level members, its `payload` members apart (every copy, so that a
+/// repeated one is refused as any repeated key is).
+struct Line<'a> {
+    members: Members<'a>,
+    payloads: Vec<Payload<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Line<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Line<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line<'a>, A::Error> {
+                let mut payloads = Vec::new();
+                let members = visit_members(&mut map, Some(&mut payloads))?;
+                Ok(Line { members, payloads })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Line<'a> {
+    fn parse(text: &'a str) -> Result<Self, Invalid> {
+        serde_json::from_str(text).map_err(parse_failure)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.members.has(key) || (key == "payload" && !self.payloads.is_empty())
+    }
+
+    fn payload(&self) -> Result<Option<&Payload<'a>>, Invalid> {
+        match self.payloads.as_slice() {
+            [] => Ok(None),
+            [p] => Ok(Some(p)),
+            _ => Err("payload: appears more than once".into()),
+        }
+    }
+}
+
 fn kind(raw: &RawValue) -> &'static str {
     match raw.get().as_bytes().first() {
         Some(b'"') => "a string",
@@ -174,12 +299,18 @@ fn shown(s: &str) -> String {
     }
 }
 
-fn string_field(m: &Members, key: &str) -> Result<String, Invalid> {
+fn string_field<'a>(m: &Members<'a>, key: &str) -> Result<Cow<'a, str>, Invalid> {
     let raw = m.get(key)?.ok_or_else(|| format!("{key}: missing"))?;
-    if !raw.get().starts_with('"') {
+    let text = raw.get();
+    if !text.starts_with('"') {
         return Err(format!("{key}: expected a string, got {}", kind(raw)).into());
     }
-    serde_json::from_str(raw.get())
+    // The parser has checked the string: without a backslash its text is its value.
+    if !text.contains('\\') {
+        return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
         .map_err(|e| Invalid::with_value(format!("{key}: not a valid JSON string"), e.to_string()))
 }
 
@@ -188,7 +319,7 @@ fn string_field(m: &Members, key: &str) -> Result<String, Invalid> {
 /// lower case with hyphens, so that every comparison (API scope, filters, verify) is
 /// exact; any other identifier is kept as written.
 fn id_field(m: &Members, key: &str) -> Result<String, Invalid> {
-    let v = string_field(m, key)?;
+    let v = string_field(m, key)?.into_owned();
     let n = v.chars().count();
     if n == 0 || n > MAX_ID_CHARS {
         return Err(format!("{key}: must be 1 to {MAX_ID_CHARS} characters, got {n}").into());
@@ -215,20 +346,24 @@ fn is_canonical(v: &str) -> bool {
 /// array itself and `id`, `organizationId` and `actorId` are in their canonical form
 /// (see [`canonical_id`]): one stored form per identifier.
 fn event_from(text: &str) -> Result<Event, Invalid> {
-    let m = Members::parse(text)?;
-    let id_s = string_field(&m, "id")?;
+    event_from_members(&Members::parse(text)?, text.len())
+}
+
+/// [`event_from`] over members already split; `capacity` sizes the body.
+fn event_from_members(m: &Members, capacity: usize) -> Result<Event, Invalid> {
+    let id_s = string_field(m, "id")?;
     let id =
         Uuid::try_parse(&id_s).map_err(|_| Invalid::with_value("id: not a UUID", shown(&id_s)))?;
-    let timestamp = string_field(&m, "timestamp")?;
+    let timestamp = string_field(m, "timestamp")?;
     let ts_ms = parse_timestamp_ms(&timestamp)
         .ok_or_else(|| Invalid::with_value("timestamp: not RFC 3339", shown(&timestamp)))?;
-    let action = string_field(&m, "action")?;
+    let action = string_field(m, "action")?.into_owned();
     let n = action.chars().count();
     if n == 0 || n > MAX_ACTION_CHARS {
         return Err(format!("action: must be 1 to {MAX_ACTION_CHARS} characters, got {n}").into());
     }
-    let organization_id = id_field(&m, "organizationId")?;
-    let actor_id = id_field(&m, "actorId")?;
+    let organization_id = id_field(m, "organizationId")?;
+    let actor_id = id_field(m, "actorId")?;
     let args_raw = m.get("args")?.ok_or("args: missing")?;
     // The API form carries args as a string holding the array; normalize to the array.
     let unquoted: String;
@@ -259,14 +394,18 @@ fn event_from(text: &str) -> Result<Event, Invalid> {
             .into())
         }
     };
-    let id_text = id.hyphenated().to_string();
-    let mut body = String::with_capacity(text.len());
+    let id_text = if is_canonical(&id_s) {
+        id_s
+    } else {
+        Cow::Owned(id.hyphenated().to_string())
+    };
+    let mut body = String::with_capacity(capacity);
     body.push('{');
     for (i, (k, v)) in m.0.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&serde_json::to_string(k).expect("a string serializes"));
+        push_json_string(&mut body, k);
         body.push(':');
         match k.as_ref() {
             "args" => body.push_str(args),
@@ -288,7 +427,6 @@ fn event_from(text: &str) -> Result<Event, Invalid> {
     });
     Ok(Event {
         id,
-        timestamp,
         ts_ms,
         action,
         organization_id,
@@ -298,8 +436,15 @@ fn event_from(text: &str) -> Result<Event, Invalid> {
     })
 }
 
+/// Appends `s` as a JSON string; one that needs no escape is copied as it is.
 fn push_json_string(body: &mut String, s: &str) {
-    body.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        body.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    } else {
+        body.push('"');
+        body.push_str(s);
+        body.push('"');
+    }
 }
 
 /// Decodes one record under the configured envelope.
@@ -336,20 +481,20 @@ const EVENT_FIELDS: [&str; 6] = [
 fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> {
     match envelope {
         Envelope::Event => event_from(text).map(Some),
-        Envelope::ServerLog => server_log(&Members::parse(text)?),
+        Envelope::ServerLog => server_log(&Line::parse(text)?, text.len()),
         Envelope::Auto => {
             // Decided by the event's own fields, not by log-line keys: a bare event may
             // well carry a `message` or `severity` of its own. A server log line wraps its
             // event in `payload`, so it has none of the event's fields at the top.
-            let m = Members::parse(text)?;
-            let own = EVENT_FIELDS.iter().filter(|k| m.has(k)).count();
+            let line = Line::parse(text)?;
+            let own = EVENT_FIELDS.iter().filter(|k| line.members.has(k)).count();
             let wrapper = ["message", "severity", "payload", "payloadStub"]
                 .iter()
-                .any(|k| m.has(k));
+                .any(|k| line.has(k));
             if own >= EVENT_FIELDS.len() / 2 || !wrapper {
                 event_from(text).map(Some)
             } else {
-                server_log(&m)
+                server_log(&line, text.len())
             }
         }
     }
@@ -357,15 +502,15 @@ fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> 
 
 /// A server log line: the event in `payload` of a line whose `message` is `audit`;
 /// every other line is ordinary logging, skipped.
-fn server_log(m: &Members) -> Result<Option<Event>, Invalid> {
-    let message = m.get("message")?;
+fn server_log(line: &Line, capacity: usize) -> Result<Option<Event>, Invalid> {
+    let message = line.members.get("message")?;
     if message.map(|v| v.get()) != Some("\"audit\"") {
         return Ok(None);
     }
-    match m.get("payload")? {
-        Some(p) if p.get().starts_with('{') => event_from(p.get()).map(Some),
-        Some(p) => Err(format!("payload: expected an object, got {}", kind(p)).into()),
-        None if m.has("payloadStub") => Err(
+    match line.payload()? {
+        Some(Payload::Object(m)) => event_from_members(m, capacity).map(Some),
+        Some(Payload::Other(kind)) => Err(format!("payload: expected an object, got {kind}").into()),
+        None if line.has("payloadStub") => Err(
             "payload: replaced by payloadStub (the line was over 32 KiB at the emitter); the event cannot be recovered"
                 .into(),
         ),
@@ -481,6 +626,56 @@ mod tests {
         assert_eq!(decode(other.as_bytes(), Envelope::Auto), Decoded::Skipped);
         let stub = r#"{"component":"server","message":"audit","payloadStub":"too big"}"#;
         assert!(invalid(stub, Envelope::Auto).starts_with("payload: replaced by payloadStub"));
+    }
+
+    #[test]
+    fn a_payload_that_is_no_single_object_is_named() {
+        for (payload, kind) in [
+            ("[1,{\"a\":2}]", "an array"),
+            ("\"text\"", "a string"),
+            ("12.5", "a number"),
+            ("-3", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            for env in [Envelope::ServerLog, Envelope::Auto] {
+                assert_eq!(
+                    invalid(&server_line(payload), env),
+                    format!("payload: expected an object, got {kind}")
+                );
+            }
+        }
+        let twice = server_line(EVENT).replace("}}", &format!("}},\"payload\":{EVENT}}}"));
+        assert_eq!(
+            invalid(&twice, Envelope::ServerLog),
+            "payload: appears more than once"
+        );
+        // A line that is not an audit event is skipped whatever its payload holds.
+        let other = server_line("[1,2]").replace("\"audit\"", "\"started\"");
+        assert_eq!(decode(other.as_bytes(), Envelope::Auto), Decoded::Skipped);
+        // A broken payload breaks the line, as before it was split in the same pass.
+        let broken = server_line("{\"id\":}");
+        assert!(invalid(&broken, Envelope::ServerLog).starts_with("not valid JSON: "));
+    }
+
+    #[test]
+    fn escaped_names_and_values_are_stored_in_one_form() {
+        // A member name or value written with escapes is stored unescaped where JSON
+        // allows and escaped where it must be, whether it came bare or in a log line.
+        let line = EVENT
+            .replace("\"action\"", "\"act\\u0069on\"")
+            .replace("getTeamProjects", "get\\u0054eam\\\"Projects")
+            .replace("{\"id\"", "{\"we\\\"ird\\n\":1,\"id\"");
+        let bare = event(&line, Envelope::Event);
+        assert_eq!(bare.action, "getTeam\"Projects");
+        assert!(bare
+            .body
+            .starts_with("{\"we\\\"ird\\n\":1,\"id\":\"1ac75456-ae7d-4233-9914-32d124fa35c3\""));
+        assert!(bare
+            .body
+            .contains("\"action\":\"get\\u0054eam\\\"Projects\""));
+        assert_eq!(event(&server_line(&line), Envelope::ServerLog), bare);
+        assert_eq!(event(&server_line(&line), Envelope::Auto), bare);
     }
 
     #[test]
