@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench forward -- [--events N] [--runs R] [--drain N] [--in-process-endpoint]
-//!     [--bin PATH] [--wrap "valgrind --tool=callgrind ..."] [--sign]
+//!     [--bin PATH] [--wrap "valgrind --tool=callgrind ..."] [--sign] [--spool "KEY = VALUE"]...
 //! ```
 //!
 //! By default the endpoint is `examples/cw_endpoint.rs` in its own process (what an
@@ -20,7 +20,8 @@
 //! drain of an N-event backlog: ingest with the endpoint down, then start it.
 //! `--bin` runs another build of the relay; `--wrap` runs the relay under a command
 //! (e.g. callgrind, for the profile in docs/benchmarks.md). `--sign` signs the integrity
-//! checkpoints (a fresh Ed25519 key); without it they are chained but unsigned.
+//! checkpoints (a fresh Ed25519 key); without it they are chained but unsigned. `--spool`
+//! adds a line to the relay's `[spool]` section (e.g. `"cache_size = \"8MiB\""`).
 
 mod support;
 
@@ -153,6 +154,8 @@ struct Args {
     wrap: Vec<String>,
     /// Sign the integrity checkpoints (a fresh Ed25519 key per run).
     sign: bool,
+    /// Extra `[spool]` lines (`--spool "commit_max_events = 10000"`, repeatable).
+    spool: Vec<String>,
 }
 
 /// Writes `n` server-log lines spread over the last hour; returns their ids in order.
@@ -181,10 +184,11 @@ fn start_relay(a: &Args, dir: &Path, port: u16) -> Child {
     std::fs::write(
         &cfg,
         format!(
-            "[source]\npaths = [\"{d}/logs/*.log\"]\n[spool]\ndir = \"{d}/spool\"\n[log]\nlevel = \"error\"\n\
+            "[source]\npaths = [\"{d}/logs/*.log\"]\n[spool]\ndir = \"{d}/spool\"\n{spool}[log]\nlevel = \"error\"\n\
              [cloudwatch]\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:{port}\"\nlog_group = \"/bench\"\n\
              log_stream = \"bench\"\nbackoff_max = \"200ms\"\n{integrity}",
-            d = dir.display()
+            d = dir.display(),
+            spool = a.spool.iter().map(|l| format!("{l}\n")).collect::<String>(),
         ),
     )
     .unwrap();
@@ -483,6 +487,7 @@ fn main() {
         bin: env!("CARGO_BIN_EXE_audit-relay").into(),
         wrap: Vec::new(),
         sign: false,
+        spool: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -492,6 +497,7 @@ fn main() {
             "--drain" => a.drain = it.next().unwrap().parse().unwrap(),
             "--in-process-endpoint" => a.in_process = true,
             "--sign" => a.sign = true,
+            "--spool" => a.spool.push(it.next().unwrap()),
             "--bin" => a.bin = it.next().unwrap(),
             "--wrap" => {
                 a.wrap = it

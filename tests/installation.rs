@@ -250,6 +250,88 @@ fn three_relays_sigkilled_and_postgres_crashing_ship_every_event_exactly_once() 
 }
 
 #[test]
+fn events_another_relay_stored_first_are_kept_beside_it_and_both_chains_verify() {
+    // Two pods' relays tail copies of the same 1,000 events (same timestamps and ids);
+    // pod-b has 500 of its own after them. pod-a ships first: pod-b's first batch then
+    // fails the plain copy on the (ts_ms, id) key, and the fallback keeps its copies in
+    // audit_duplicates instead of losing its chain or storing an event twice.
+    let pg = Postgres::start();
+    let a = relay(&pg, "pod-a", &[]);
+    let b = relay(&pg, "pod-b", &[]);
+    let mut g = gen::Gen::new(11);
+    let (shared_ids, shared) = server_lines(&mut g, 0, 1_000);
+    let (own_ids, own) = server_lines(&mut g, 1_000, 500);
+    write_lines(&mut common::append_to(&a.log("server.log")), &shared);
+    let mut fb = common::append_to(&b.log("server.log"));
+    write_lines(&mut fb, &shared);
+    write_lines(&mut fb, &own);
+    let events_in_store =
+        || pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''");
+    let ra = a.start();
+    wait_for(
+        "pod-a's 1000 events shipped",
+        DEADLINE,
+        || events_in_store() == Some(1_000),
+        &[&ra],
+    );
+    let rb = b.start();
+    wait_for(
+        "pod-b's 500 own events shipped",
+        DEADLINE,
+        || events_in_store() == Some(1_500),
+        &[&ra, &rb],
+    );
+    let last: Vec<i64> = [&a, &b].iter().map(|h| h.spool_last_seq()).collect();
+    wait_for(
+        "both chains shipped",
+        DEADLINE,
+        || {
+            ["pod-a", "pod-b"].iter().zip(&last).all(|(id, l)| {
+                pg.try_i64(&format!(
+                    "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{id}'"
+                ))
+                .is_some_and(|s| s >= *l)
+            })
+        },
+        &[&ra, &rb],
+    );
+    ra.terminate();
+    rb.terminate();
+    let mut c = pg.client();
+    let mut ids = |sql: &str| -> Vec<String> {
+        c.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let stored = ids("SELECT id::text FROM audit_events WHERE organization_id <> ''");
+    let all: HashSet<String> = shared_ids.iter().chain(&own_ids).cloned().collect();
+    assert_eq!(stored.len(), 1_500, "each event once");
+    assert_eq!(stored.into_iter().collect::<HashSet<_>>(), all);
+    let dups = ids("SELECT id::text FROM audit_duplicates WHERE relay_id = 'pod-b'");
+    assert_eq!(dups.len(), 1_000, "pod-b's copies of pod-a's events");
+    assert_eq!(
+        dups.into_iter().collect::<HashSet<_>>(),
+        shared_ids.iter().cloned().collect::<HashSet<_>>()
+    );
+    // Each relay's rows, wherever they went, are its chain once, up to its cursor.
+    let rows = store_rows(&pg);
+    for (id, l) in ["pod-a", "pod-b"].iter().zip(&last) {
+        let shipped = pg
+            .try_i64(&format!(
+                "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{id}'"
+            ))
+            .unwrap();
+        assert!(shipped >= *l, "{id}: {shipped} < {l}");
+        assert_eq!(rows[*id], (shipped, shipped, 1, shipped), "{id}");
+    }
+    for h in [&a, &b] {
+        h.cli_ok(&["verify", "--postgres"]);
+    }
+}
+
+#[test]
 fn a_second_relay_with_the_same_relay_id_does_not_ship_and_says_why() {
     let pg = Postgres::start();
     let a = relay(&pg, "same-id", &[]);

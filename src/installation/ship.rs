@@ -515,27 +515,12 @@ impl Shipper {
                 format!("the store's cursor for relay_id {:?} is {shipped}, not {cursor}: another writer moved it; starting over from the store's", self.relay_id),
             ));
         }
-        let cols = Columns::of(rows);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-            &cols.ts,
-            &cols.id,
-            &cols.seq,
-            &cols.org,
-            &cols.actor,
-            &cols.action,
-            &cols.body,
-            &cols.hash,
-            &self.relay_id,
-        ];
-        // Rows of one relay are almost never another relay's too: a plain insert first
-        // (PostgreSQL's speculative insertion for ON CONFLICT costs more per row), in a
-        // savepoint that a unique violation rolls back to, and only then the insert that
-        // sorts the duplicates out.
+        // Rows of one relay are almost never another relay's too: a binary COPY first
+        // (PostgreSQL's cheapest path per row, several rows per heap WAL record; no
+        // speculative insertion as ON CONFLICT needs), in a savepoint that a unique
+        // violation rolls back to, and only then the insert that sorts the duplicates out.
         let plain = tx.savepoint("plain").await.map_err(pg)?;
-        let all_new = match plain
-            .execute(&format!("{INSERT_EVENTS} {FROM_COLUMNS}"), &params)
-            .await
-        {
+        let all_new = match copy_rows(&plain, &self.relay_id, rows).await {
             Ok(_) => {
                 plain.commit().await.map_err(pg)?;
                 true
@@ -547,6 +532,18 @@ impl Shipper {
             Err(e) => return Err(pg(e)),
         };
         if !all_new {
+            let cols = Columns::of(rows);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+                &cols.ts,
+                &cols.id,
+                &cols.seq,
+                &cols.org,
+                &cols.actor,
+                &cols.action,
+                &cols.body,
+                &cols.hash,
+                &self.relay_id,
+            ];
             let inserted = tx
                 .query(
                     &format!(
@@ -588,6 +585,45 @@ impl Shipper {
         .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
+}
+
+/// Copies rows of relay `relay_id` into `audit_events` (binary COPY; a row whose
+/// `(ts_ms, id)` is already there fails the whole copy with a unique violation).
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    relay_id: &str,
+    rows: &[ChainRow],
+) -> Result<u64, tokio_postgres::Error> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+    let sink = tx
+        .copy_in("COPY audit_events(ts_ms, id, relay_id, seq, organization_id, actor, action, body, hash) FROM STDIN (FORMAT binary)")
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::BYTEA,
+        ],
+    );
+    tokio::pin!(writer);
+    for r in rows {
+        let id = uuid::Uuid::from_slice(&r.id).unwrap_or_default();
+        let org = r.organization_id.as_deref().unwrap_or("");
+        let hash: &[u8] = r.hash.as_ref().map(|h| h.as_slice()).unwrap_or(&[]);
+        let row: [&(dyn ToSql + Sync); 9] = [
+            &r.ts_ms, &id, &relay_id, &r.seq, &org, &r.actor, &r.action, &r.body, &hash,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await
 }
 
 const INSERT_EVENTS: &str = "INSERT INTO audit_events(ts_ms, id, relay_id, seq, organization_id, actor, action, body, hash)";
