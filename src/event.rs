@@ -346,11 +346,11 @@ fn is_canonical(v: &str) -> bool {
 /// array itself and `id`, `organizationId` and `actorId` are in their canonical form
 /// (see [`canonical_id`]): one stored form per identifier.
 fn event_from(text: &str) -> Result<Event, Invalid> {
-    event_from_members(&Members::parse(text)?, text.len())
+    event_from_members(&Members::parse(text)?)
 }
 
-/// [`event_from`] over members already split; `capacity` sizes the body.
-fn event_from_members(m: &Members, capacity: usize) -> Result<Event, Invalid> {
+/// [`event_from`] over members already split.
+fn event_from_members(m: &Members) -> Result<Event, Invalid> {
     let id_s = string_field(m, "id")?;
     let id =
         Uuid::try_parse(&id_s).map_err(|_| Invalid::with_value("id: not a UUID", shown(&id_s)))?;
@@ -399,7 +399,14 @@ fn event_from_members(m: &Members, capacity: usize) -> Result<Event, Invalid> {
     } else {
         Cow::Owned(id.hyphenated().to_string())
     };
-    let mut body = String::with_capacity(capacity);
+    // The body is the members as written (ids aside): size it for them, no more (the
+    // spool writer holds thousands of bodies while a group commit is open).
+    let size = 2 + m
+        .0
+        .iter()
+        .map(|(k, v)| k.len() + 4 + v.get().len())
+        .sum::<usize>();
+    let mut body = String::with_capacity(size);
     body.push('{');
     for (i, (k, v)) in m.0.iter().enumerate() {
         if i > 0 {
@@ -481,7 +488,7 @@ const EVENT_FIELDS: [&str; 6] = [
 fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> {
     match envelope {
         Envelope::Event => event_from(text).map(Some),
-        Envelope::ServerLog => server_log(&Line::parse(text)?, text.len()),
+        Envelope::ServerLog => server_log(&Line::parse(text)?),
         Envelope::Auto => {
             // Decided by the event's own fields, not by log-line keys: a bare event may
             // well carry a `message` or `severity` of its own. A server log line wraps its
@@ -494,7 +501,7 @@ fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> 
             if own >= EVENT_FIELDS.len() / 2 || !wrapper {
                 event_from(text).map(Some)
             } else {
-                server_log(&line, text.len())
+                server_log(&line)
             }
         }
     }
@@ -502,13 +509,13 @@ fn decode_str(text: &str, envelope: Envelope) -> Result<Option<Event>, Invalid> 
 
 /// A server log line: the event in `payload` of a line whose `message` is `audit`;
 /// every other line is ordinary logging, skipped.
-fn server_log(line: &Line, capacity: usize) -> Result<Option<Event>, Invalid> {
+fn server_log(line: &Line) -> Result<Option<Event>, Invalid> {
     let message = line.members.get("message")?;
     if message.map(|v| v.get()) != Some("\"audit\"") {
         return Ok(None);
     }
     match line.payload()? {
-        Some(Payload::Object(m)) => event_from_members(m, capacity).map(Some),
+        Some(Payload::Object(m)) => event_from_members(m).map(Some),
         Some(Payload::Other(kind)) => Err(format!("payload: expected an object, got {kind}").into()),
         None if line.has("payloadStub") => Err(
             "payload: replaced by payloadStub (the line was over 32 KiB at the emitter); the event cannot be recovered"
