@@ -281,17 +281,20 @@ fn events_another_relay_stored_first_are_kept_beside_it_and_both_chains_verify()
         || events_in_store() == Some(1_500),
         &[&ra, &rb],
     );
+    let shipped = |id: &str| {
+        pg.try_i64(&format!(
+            "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{id}'"
+        ))
+    };
     let last: Vec<i64> = [&a, &b].iter().map(|h| h.spool_last_seq()).collect();
     wait_for(
         "both chains shipped",
         DEADLINE,
         || {
-            ["pod-a", "pod-b"].iter().zip(&last).all(|(id, l)| {
-                pg.try_i64(&format!(
-                    "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{id}'"
-                ))
-                .is_some_and(|s| s >= *l)
-            })
+            ["pod-a", "pod-b"]
+                .iter()
+                .zip(&last)
+                .all(|(id, l)| shipped(id).is_some_and(|s| s >= *l))
         },
         &[&ra, &rb],
     );
@@ -318,11 +321,7 @@ fn events_another_relay_stored_first_are_kept_beside_it_and_both_chains_verify()
     // Each relay's rows, wherever they went, are its chain once, up to its cursor.
     let rows = store_rows(&pg);
     for (id, l) in ["pod-a", "pod-b"].iter().zip(&last) {
-        let shipped = pg
-            .try_i64(&format!(
-                "SELECT shipped_seq FROM audit_relays WHERE relay_id = '{id}'"
-            ))
-            .unwrap();
+        let shipped = shipped(id).unwrap();
         assert!(shipped >= *l, "{id}: {shipped} < {l}");
         assert_eq!(rows[*id], (shipped, shipped, 1, shipped), "{id}");
     }

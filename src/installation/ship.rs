@@ -615,9 +615,7 @@ async fn copy_rows(
     );
     tokio::pin!(writer);
     for r in rows {
-        let id = uuid::Uuid::from_slice(&r.id).unwrap_or_default();
-        let org = r.organization_id.as_deref().unwrap_or("");
-        let hash: &[u8] = r.hash.as_ref().map(|h| h.as_slice()).unwrap_or(&[]);
+        let (id, org, hash) = store_values(r);
         let row: [&(dyn ToSql + Sync); 9] = [
             &r.ts_ms, &id, &relay_id, &r.seq, &org, &r.actor, &r.action, &r.body, &hash,
         ];
@@ -648,24 +646,25 @@ impl<'a> Columns<'a> {
     fn of(rows: &'a [ChainRow]) -> Self {
         Columns {
             ts: rows.iter().map(|r| r.ts_ms).collect(),
-            id: rows
-                .iter()
-                .map(|r| uuid::Uuid::from_slice(&r.id).unwrap_or_default())
-                .collect(),
+            id: rows.iter().map(|r| store_values(r).0).collect(),
             seq: rows.iter().map(|r| r.seq).collect(),
-            org: rows
-                .iter()
-                .map(|r| r.organization_id.as_deref().unwrap_or(""))
-                .collect(),
+            org: rows.iter().map(|r| store_values(r).1).collect(),
             actor: rows.iter().map(|r| r.actor.as_str()).collect(),
             action: rows.iter().map(|r| r.action.as_str()).collect(),
             body: rows.iter().map(|r| r.body.as_str()).collect(),
-            hash: rows
-                .iter()
-                .map(|r| r.hash.as_ref().map(|h| h.as_slice()).unwrap_or(&[]))
-                .collect(),
+            hash: rows.iter().map(|r| store_values(r).2).collect(),
         }
     }
+}
+
+/// A row's id, organization and hash as the store keeps them: the id as a UUID, a
+/// missing organization as `""`, a missing hash as no bytes.
+fn store_values(r: &ChainRow) -> (uuid::Uuid, &str, &[u8]) {
+    (
+        uuid::Uuid::from_slice(&r.id).unwrap_or_default(),
+        r.organization_id.as_deref().unwrap_or(""),
+        r.hash.as_ref().map(|h| h.as_slice()).unwrap_or(&[]),
+    )
 }
 
 fn spool_err(e: impl std::fmt::Display) -> PgError {
