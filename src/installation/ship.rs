@@ -1,11 +1,16 @@
 //! The shipper: a second forwarder, from the local spool into the installation store.
 //!
-//! Exactly once: each transaction locks the relay's registry row, checks that its cursor
-//! (`shipped_seq`) is where this shipper left it, inserts the next rows of the spool in
-//! sequence order (events, checkpoints and forwarding-ledger rows alike: the whole chain),
-//! and moves the cursor to the last of them. A crash or a lost answer before the commit
+//! Exactly once: each transaction inserts the next rows of the spool in sequence order
+//! (events, checkpoints and forwarding-ledger rows alike: the whole chain), locks the
+//! relay's registry row, checks that its cursor (`shipped_seq`) is where these rows
+//! start, and moves it to the last of them. A crash or a lost answer before the commit
 //! leaves the cursor where it was; after it, the rows are there. Either way the next
 //! session reads the cursor from the store and goes on from it.
+//!
+//! Two transactions run at once, on two connections (PostgreSQL gives each its own
+//! backend): while one batch's rows go in, so do the next batch's, which commits only
+//! after the first, the cursor it follows. Should the first fail, the second does not
+//! commit: the session ends and closing its connection rolls it back.
 //!
 //! The local spool learns the cursor afterwards (the `postgres` cursor, through the
 //! writer's inbox), so that retention never purges a row the store has not got.
@@ -251,6 +256,15 @@ impl Shipper {
         }
         self.health.up();
         tracing::info!(relay_id = %self.relay_id, cursor, "shipping to the installation store");
+        // A second connection: two batches go in at once, each in its own transaction
+        // (PostgreSQL runs one backend per connection), and commit in order.
+        // [0] also runs the DDL, retention and the registry reads.
+        let second = tokio::select! {
+            c = connect(&self.cfg) => c?,
+            _ = self.cancel.cancelled() => return Ok(()),
+        };
+        let mut conns = [client, second];
+        let step = self.cfg.batch_rows.max(1);
         let mut end = read_last_seq(&spool).await?;
         let mut last_day_check = Instant::now();
         let mut peers_at: Option<Instant> = None;
@@ -259,12 +273,12 @@ impl Shipper {
         while !self.cancel.is_cancelled() {
             if peers_at.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
                 peers_at = Some(Instant::now());
-                self.refresh_peers(&client).await?;
+                self.refresh_peers(&conns[0]).await?;
             }
             if Instant::now() >= retention_at {
                 retention_at = Instant::now() + RETENTION_EVERY;
                 let pass = match super::retention::run_once(
-                    &mut client,
+                    &mut conns[0],
                     &self.relay_id,
                     self.cfg.retention_days,
                     crate::spool::now_ms(),
@@ -283,14 +297,14 @@ impl Shipper {
                     .partitions_dropped
                     .fetch_add(pass.dropped.len() as u64, Ordering::Relaxed);
                 if !pass.dropped.is_empty() {
-                    known = schema::partitions(&client).await?;
+                    known = schema::partitions(&conns[0]).await?;
                 }
             }
             end = end.max(self.inbox.committed_seq());
             self.health.spool_seq.store(end, Ordering::Relaxed);
             if end <= cursor {
                 self.health.oldest_unshipped_ms.store(0, Ordering::Relaxed);
-                if client.is_closed() {
+                if conns.iter().any(|c| c.is_closed()) {
                     return Err(PgError::new(
                         PgClass::Connection,
                         "shipping",
@@ -303,8 +317,8 @@ impl Shipper {
                     let today = day_start(crate::spool::now_ms());
                     let ahead: BTreeSet<i64> = (0..3).map(|d| today + d * DAY_MS).collect();
                     if !ahead.is_subset(&known) {
-                        schema::ensure_partitions(&mut client, &ahead).await?;
-                        known = schema::partitions(&client).await?;
+                        schema::ensure_partitions(&mut conns[0], &ahead).await?;
+                        known = schema::partitions(&conns[0]).await?;
                     }
                 }
                 tokio::select! {
@@ -313,8 +327,8 @@ impl Shipper {
                 }
                 continue;
             }
-            let to = end.min(cursor + self.cfg.batch_rows as i64);
-            // The rows read while the last transaction ran, when they are these.
+            let to = end.min(cursor + (conns.len() * step) as i64);
+            // The rows read while the last transactions ran, when they are these.
             let rows = match prefetched.take() {
                 Some((from, rows)) if from == cursor + 1 && !rows.is_empty() => rows,
                 _ => read_rows(&spool, cursor + 1, to).await?,
@@ -343,14 +357,51 @@ impl Shipper {
                 .store(first.ts_ms, Ordering::Relaxed);
             let days: BTreeSet<i64> = rows.iter().map(|r| day_start(r.ts_ms)).collect();
             if !days.is_subset(&known) {
-                schema::ensure_partitions(&mut client, &days).await?;
-                known = schema::partitions(&client).await?;
+                schema::ensure_partitions(&mut conns[0], &days).await?;
+                known = schema::partitions(&conns[0]).await?;
             }
             let started = Instant::now();
-            // The next batch is read from the spool while this one's transaction runs.
+            let batches: Vec<&[ChainRow]> = rows.chunks(step).collect();
             let last_seq = rows.last().expect("not empty").seq;
-            let next_to = end.min(last_seq + self.cfg.batch_rows as i64);
-            let (shipped, next) = tokio::join!(self.ship(&mut client, cursor, &rows), async {
+            let next_to = end.min(last_seq + (conns.len() * step) as i64);
+            // Two batches go in at once (one transaction each) while the next rows are
+            // read from the spool; the second commits after the first, whose cursor it
+            // follows. So that the first never waits for the second (PostgreSQL cannot
+            // see a wait inside this process), the second starts only once the first
+            // holds its lock on the table: DDL queued between them (another relay
+            // creating a partition) then waits for the first, which goes on and commits.
+            let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let (c0, c1) = (&conns[0], &conns[1]);
+            let first = batches[0];
+            let first_lane = async move {
+                begin_batch(c0).await?;
+                let _ = locked_tx.send(());
+                self.insert_batch(c0, first).await?;
+                self.commit_batch(c0, cursor, first).await?;
+                let _ = done_tx.send(());
+                Ok::<_, PgError>(())
+            };
+            let second = batches.get(1).copied();
+            let second_lane = async move {
+                let Some(rows) = second else {
+                    return Ok(false);
+                };
+                // The first lane failed: its error ends the session, and closing the
+                // connections rolls this one back.
+                if locked_rx.await.is_err() {
+                    return Ok(false);
+                }
+                begin_batch(c1).await?;
+                self.insert_batch(c1, rows).await?;
+                if done_rx.await.is_err() {
+                    return Ok(false);
+                }
+                let after = first.last().expect("not empty").seq;
+                self.commit_batch(c1, after, rows).await?;
+                Ok::<_, PgError>(true)
+            };
+            let (first_done, second_done, next) = tokio::join!(first_lane, second_lane, async {
                 if next_to > last_seq {
                     Some(read_rows(&spool, last_seq + 1, next_to).await)
                 } else {
@@ -360,27 +411,30 @@ impl Shipper {
             if let Some(Ok(next)) = next {
                 prefetched = Some((last_seq + 1, next));
             }
-            match shipped {
-                Ok(()) => {}
-                Err(e) => {
-                    // A partition dropped by retention meanwhile: look again next time.
-                    known.clear();
-                    return Err(e);
-                }
+            let committed: &[&[ChainRow]] = match (&first_done, &second_done) {
+                (Ok(()), Ok(true)) => &batches[..2],
+                (Ok(()), _) => &batches[..1],
+                _ => &[],
+            };
+            for batch in committed {
+                cursor = batch.last().expect("not empty").seq;
+                self.health.cursor.store(cursor, Ordering::Relaxed);
+                self.health
+                    .shipped_rows
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.inbox.push(ForwardProgress {
+                    cursor_name: PG_CURSOR.into(),
+                    cursor,
+                    forwarded: 0,
+                    rejected: Vec::new(),
+                });
+            }
+            if let Err(e) = first_done.and(second_done) {
+                // A partition dropped by retention meanwhile: look again next time.
+                known.clear();
+                return Err(e);
             }
             self.health.txn_took(started.elapsed());
-            let last = rows.last().expect("not empty").seq;
-            cursor = last;
-            self.health.cursor.store(cursor, Ordering::Relaxed);
-            self.health
-                .shipped_rows
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            self.inbox.push(ForwardProgress {
-                cursor_name: PG_CURSOR.into(),
-                cursor,
-                forwarded: 0,
-                rejected: Vec::new(),
-            });
         }
         Ok(())
     }
@@ -492,77 +546,64 @@ impl Shipper {
     }
 
     /// One transaction: rows `cursor+1..` in, the cursor to their last.
-    async fn ship(
+    /// Inserts a batch's rows in the transaction [`begin_batch`] opened.
+    /// Rows of one relay are almost never another relay's too: a binary COPY first
+    /// (PostgreSQL's cheapest path per row, several rows per heap WAL record; no
+    /// speculative insertion as ON CONFLICT needs), in a savepoint that a unique
+    /// violation rolls back to, and only then the insert that sorts the duplicates out.
+    async fn insert_batch(
         &self,
-        client: &mut tokio_postgres::Client,
-        cursor: i64,
+        client: &tokio_postgres::Client,
         rows: &[ChainRow],
     ) -> Result<(), PgError> {
         let pg = |e: tokio_postgres::Error| PgError::from_pg("shipping", &e);
-        let mut tx = client.transaction().await.map_err(pg)?;
-        let shipped: i64 = tx
-            .query_one(
-                "SELECT shipped_seq FROM audit_relays WHERE relay_id = $1 FOR UPDATE",
-                &[&self.relay_id],
-            )
-            .await
-            .map_err(pg)?
-            .get(0);
-        if shipped != cursor {
-            return Err(PgError::new(
-                PgClass::Other,
-                "shipping",
-                format!("the store's cursor for relay_id {:?} is {shipped}, not {cursor}: another writer moved it; starting over from the store's", self.relay_id),
-            ));
-        }
-        // Rows of one relay are almost never another relay's too: a binary COPY first
-        // (PostgreSQL's cheapest path per row, several rows per heap WAL record; no
-        // speculative insertion as ON CONFLICT needs), in a savepoint that a unique
-        // violation rolls back to, and only then the insert that sorts the duplicates out.
-        let plain = tx.savepoint("plain").await.map_err(pg)?;
-        let all_new = match copy_rows(&plain, &self.relay_id, rows).await {
+        match copy_rows(client, &self.relay_id, rows).await {
             Ok(_) => {
-                plain.commit().await.map_err(pg)?;
-                true
+                return client
+                    .batch_execute("RELEASE SAVEPOINT plain")
+                    .await
+                    .map_err(pg);
             }
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                plain.rollback().await.map_err(pg)?;
-                false
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT plain")
+                    .await
+                    .map_err(pg)?;
             }
             Err(e) => return Err(pg(e)),
-        };
-        if !all_new {
-            let cols = Columns::of(rows);
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-                &cols.ts,
-                &cols.id,
-                &cols.seq,
-                &cols.org,
-                &cols.actor,
-                &cols.action,
-                &cols.body,
-                &cols.hash,
-                &self.relay_id,
-            ];
-            let inserted = tx
-                .query(
-                    &format!(
-                        "{INSERT_EVENTS} {FROM_COLUMNS} ON CONFLICT (ts_ms, id) DO NOTHING RETURNING seq"
-                    ),
-                    &params,
-                )
-                .await
-                .map_err(pg)?;
-            // Another relay stored the same (timestamp, id) first: keep this relay's row
-            // whole beside it, so its chain still verifies.
-            let got: BTreeSet<i64> = inserted.iter().map(|r| r.get(0)).collect();
-            let dup: Vec<ChainRow> = rows
-                .iter()
-                .filter(|r| !got.contains(&r.seq))
-                .cloned()
-                .collect();
-            let d = Columns::of(&dup);
-            tx.execute(
+        }
+        let cols = Columns::of(rows);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &cols.ts,
+            &cols.id,
+            &cols.seq,
+            &cols.org,
+            &cols.actor,
+            &cols.action,
+            &cols.body,
+            &cols.hash,
+            &self.relay_id,
+        ];
+        let inserted = client
+            .query(
+                &format!(
+                    "{INSERT_EVENTS} {FROM_COLUMNS} ON CONFLICT (ts_ms, id) DO NOTHING RETURNING seq"
+                ),
+                &params,
+            )
+            .await
+            .map_err(pg)?;
+        // Another relay stored the same (timestamp, id) first: keep this relay's row
+        // whole beside it, so its chain still verifies.
+        let got: BTreeSet<i64> = inserted.iter().map(|r| r.get(0)).collect();
+        let dup: Vec<ChainRow> = rows
+            .iter()
+            .filter(|r| !got.contains(&r.seq))
+            .cloned()
+            .collect();
+        let d = Columns::of(&dup);
+        client
+            .execute(
                 &format!(
                     "INSERT INTO audit_duplicates(ts_ms, id, relay_id, seq, organization_id, actor, action, body, hash) {FROM_COLUMNS}"
                 ),
@@ -570,27 +611,64 @@ impl Shipper {
             )
             .await
             .map_err(pg)?;
-            self.health
-                .duplicates
-                .fetch_add(dup.len() as u64, Ordering::Relaxed);
-            tracing::warn!(relay_id = %self.relay_id, rows = dup.len(), "events already in the installation store from another relay (same timestamp and id): kept in audit_duplicates");
-        }
+        self.health
+            .duplicates
+            .fetch_add(dup.len() as u64, Ordering::Relaxed);
+        tracing::warn!(relay_id = %self.relay_id, rows = dup.len(), "events already in the installation store from another relay (same timestamp and id): kept in audit_duplicates");
+        Ok(())
+    }
+
+    /// The second half, after the batch before committed: locks the relay's registry
+    /// row, checks that the store's cursor is `after` (where this batch starts), moves
+    /// it to the batch's end and commits rows and cursor together.
+    async fn commit_batch(
+        &self,
+        client: &tokio_postgres::Client,
+        after: i64,
+        rows: &[ChainRow],
+    ) -> Result<(), PgError> {
+        let pg = |e: tokio_postgres::Error| PgError::from_pg("shipping", &e);
         let last = rows.last().expect("not empty");
         let head = last.hash.map(|h| h.to_vec()).unwrap_or_default();
-        tx.execute(
-            "UPDATE audit_relays SET shipped_seq = $2, chain_head = $3, last_seen = now() WHERE relay_id = $1",
-            &[&self.relay_id, &last.seq, &head],
-        )
-        .await
-        .map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        let shipped: i64 = client
+            .query_one(
+                "SELECT shipped_seq FROM audit_relays WHERE relay_id = $1 FOR UPDATE",
+                &[&self.relay_id],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if shipped != after {
+            return Err(PgError::new(
+                PgClass::Other,
+                "shipping",
+                format!("the store's cursor for relay_id {:?} is {shipped}, not {after}: another writer moved it; starting over from the store's", self.relay_id),
+            ));
+        }
+        client
+            .execute(
+                "UPDATE audit_relays SET shipped_seq = $2, chain_head = $3, last_seen = now() WHERE relay_id = $1",
+                &[&self.relay_id, &last.seq, &head],
+            )
+            .await
+            .map_err(pg)?;
+        client.batch_execute("COMMIT").await.map_err(pg)
     }
+}
+
+/// Opens a batch's transaction, holding the table's insert lock (the one DDL waits for),
+/// and the savepoint the COPY rolls back to.
+async fn begin_batch(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    client
+        .batch_execute("BEGIN; LOCK TABLE ONLY audit_events IN ROW EXCLUSIVE MODE; SAVEPOINT plain")
+        .await
+        .map_err(|e| PgError::from_pg("shipping", &e))
 }
 
 /// Copies rows of relay `relay_id` into `audit_events` (binary COPY; a row whose
 /// `(ts_ms, id)` is already there fails the whole copy with a unique violation).
 async fn copy_rows(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     relay_id: &str,
     rows: &[ChainRow],
 ) -> Result<u64, tokio_postgres::Error> {
