@@ -46,7 +46,7 @@ fn config(pg: &Postgres, relay_id: &str) -> PostgresConfig {
         ca_file: None,
         relay_id: relay_id.into(),
         retention_days: 36_500,
-        batch_rows: 5_000,
+        batch_rows: 2_500,
         connect_timeout: HumanDuration(Duration::from_secs(10)),
         pool_size: 4,
     }

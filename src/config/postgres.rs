@@ -33,7 +33,8 @@ pub struct PostgresConfig {
     /// Days of events the store keeps; older day partitions are dropped. Default 90.
     #[serde(default = "default_retention_days")]
     pub retention_days: i64,
-    /// Rows shipped per transaction at most. Default 5000, between 1 and 50000.
+    /// Rows shipped per transaction at most. Default 2500, between 1 and 50000. The
+    /// shipper holds up to four batches: two in flight, two read ahead.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
     /// How long connecting may take. Default `"10s"`.
@@ -60,7 +61,7 @@ fn default_retention_days() -> i64 {
     90
 }
 fn default_batch_rows() -> usize {
-    5000
+    2500
 }
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
