@@ -698,3 +698,59 @@ fn verify_full_tls_connects_with_the_right_ca_and_refuses_another() {
     assert!(ssl >= 1, "the relay's connection uses TLS");
     r.terminate();
 }
+
+/// The shipper keeps two transactions open at once; DDL of another relay (day
+/// partitions created, which waits for every open transaction on the table) going on
+/// all the while must not stall it.
+#[test]
+fn partitions_created_elsewhere_while_shipping_never_stall_the_shipper() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const EVENTS: usize = 20_000;
+    let pg = Postgres::start();
+    let h = relay(&pg, "pod-a", &["batch_rows = 100"]);
+    let mut g = gen::Gen::new(11);
+    let (_, lines) = server_lines(&mut g, 0, EVENTS);
+    let mut r = h.start();
+    // The relay creates the schema when it connects; then DDL never stops until the end.
+    wait_for(
+        "the schema",
+        DEADLINE,
+        || pg.try_i64("SELECT count(*) FROM audit_relays") == Some(1),
+        &[&r],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ddl = {
+        let (stop, mut c) = (stop.clone(), pg.client());
+        std::thread::spawn(move || {
+            // Days far ahead of every event: partitions nobody ships into.
+            let mut day: i64 = 4_102_444_800_000;
+            let mut made = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                c.batch_execute(&format!(
+                    "CREATE TABLE audit_events_t{made} PARTITION OF audit_events FOR VALUES FROM ({day}) TO ({})",
+                    day + 86_400_000
+                ))
+                .expect("create a partition");
+                day += 86_400_000;
+                made += 1;
+            }
+            made
+        })
+    };
+    write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    h.wait_events(&mut r, EVENTS as u64);
+    wait_for(
+        "every event shipped while partitions are created",
+        DEADLINE,
+        || {
+            pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''")
+                == Some(EVENTS as i64)
+        },
+        &[&r],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let made = ddl.join().expect("ddl thread");
+    assert!(made > 10, "only {made} partitions were created meanwhile");
+    r.terminate();
+}
