@@ -667,7 +667,7 @@ fn render_ship(o: &mut String, h: &ShipHealth) {
         &by_class,
     );
     let name = "audit_relay_postgres_txn_seconds";
-    let _ = writeln!(o, "# HELP {name} Time of the shipper's transactions.");
+    let _ = writeln!(o, "# HELP {name} Time of each shipping transaction, BEGIN to COMMIT (one observation per transaction).");
     let _ = writeln!(o, "# TYPE {name} histogram");
     let mut total = 0u64;
     for (i, b) in TXN_BUCKETS_MS.iter().enumerate() {

@@ -754,3 +754,57 @@ fn partitions_created_elsewhere_while_shipping_never_stall_the_shipper() {
     assert!(made > 10, "only {made} partitions were created meanwhile");
     r.terminate();
 }
+
+/// `audit_relay_postgres_txn_seconds` observes every shipping transaction: a backlog of
+/// 5,000 events in 100-row batches is at least 50 transactions, although the shipper runs
+/// two of them at a time.
+#[test]
+fn every_shipping_transaction_is_one_observation_of_the_txn_histogram() {
+    const EVENTS: usize = 5_000;
+    let pg = Postgres::start();
+    let h = relay(&pg, "pod-a", &["batch_rows = 100"]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    h.write_config(&text);
+    let mut g = gen::Gen::new(13);
+    let (_, lines) = server_lines(&mut g, 0, EVENTS);
+    // The whole backlog is there before the relay starts: full batches, two at a time.
+    write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    let mut r = h.start();
+    h.wait_events(&mut r, EVENTS as u64);
+    let admin = common::admin_addr(&r);
+    let metric = |name: &str| {
+        let (_, body) = common::http_get(&admin, "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let mut shipped = 0.0;
+    wait_for(
+        "every event shipped",
+        DEADLINE,
+        || {
+            shipped = metric("audit_relay_postgres_shipped_rows_total");
+            pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''")
+                == Some(EVENTS as i64)
+        },
+        &[&r],
+    );
+    // Rows shipped by then (checkpoints too), and the transactions that carried them,
+    // read after the cursor stopped moving.
+    std::thread::sleep(Duration::from_millis(300));
+    shipped = shipped.max(metric("audit_relay_postgres_shipped_rows_total"));
+    let count = metric("audit_relay_postgres_txn_seconds_count");
+    let inf = metric("audit_relay_postgres_txn_seconds_bucket{le=\"+Inf\"}");
+    let sum = metric("audit_relay_postgres_txn_seconds_sum");
+    r.terminate();
+    let batches = (shipped / 100.0).ceil();
+    assert!(shipped >= EVENTS as f64, "{shipped} rows shipped");
+    assert!(
+        count >= batches && count <= shipped,
+        "{count} transactions observed for {shipped} rows in batches of at most 100 (at least {batches})"
+    );
+    assert_eq!(inf, count, "+Inf bucket is the count");
+    assert!(sum > 0.0, "sum {sum}");
+}

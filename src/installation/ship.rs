@@ -360,7 +360,6 @@ impl Shipper {
                 schema::ensure_partitions(&mut conns[0], &days).await?;
                 known = schema::partitions(&conns[0]).await?;
             }
-            let started = Instant::now();
             let batches: Vec<&[ChainRow]> = rows.chunks(step).collect();
             let last_seq = rows.last().expect("not empty").seq;
             let next_to = end.min(last_seq + (conns.len() * step) as i64);
@@ -374,11 +373,15 @@ impl Shipper {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             let (c0, c1) = (&conns[0], &conns[1]);
             let first = batches[0];
+            // Each transaction is timed from its BEGIN to its COMMIT (the second's time
+            // includes its wait for the first's commit: its rows stay uncommitted so long).
             let first_lane = async move {
+                let began = Instant::now();
                 begin_batch(c0).await?;
                 let _ = locked_tx.send(());
                 self.insert_batch(c0, first).await?;
                 self.commit_batch(c0, cursor, first).await?;
+                self.health.txn_took(began.elapsed());
                 let _ = done_tx.send(());
                 Ok::<_, PgError>(())
             };
@@ -392,6 +395,7 @@ impl Shipper {
                 if locked_rx.await.is_err() {
                     return Ok(false);
                 }
+                let began = Instant::now();
                 begin_batch(c1).await?;
                 self.insert_batch(c1, rows).await?;
                 if done_rx.await.is_err() {
@@ -399,6 +403,7 @@ impl Shipper {
                 }
                 let after = first.last().expect("not empty").seq;
                 self.commit_batch(c1, after, rows).await?;
+                self.health.txn_took(began.elapsed());
                 Ok::<_, PgError>(true)
             };
             let (first_done, second_done, next) = tokio::join!(first_lane, second_lane, async {
@@ -434,7 +439,6 @@ impl Shipper {
                 known.clear();
                 return Err(e);
             }
-            self.health.txn_took(started.elapsed());
         }
         Ok(())
     }
