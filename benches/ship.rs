@@ -49,6 +49,9 @@ fn config(pg: &Postgres, relay_id: &str) -> PostgresConfig {
         batch_rows: 2_500,
         connect_timeout: HumanDuration(Duration::from_secs(10)),
         pool_size: 4,
+        iam_auth: false,
+        iam_region: None,
+        aws: None,
     }
 }
 

@@ -646,18 +646,7 @@ fn checkpoints_witness_the_other_relays_chains_in_the_store() {
 #[test]
 fn verify_full_tls_connects_with_the_right_ca_and_refuses_another() {
     let pg = Postgres::start();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    pg.enable_tls(&server.pem(), &server_key.serialize_pem());
-    let ca_file = pg.dir().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = pg.enable_tls_with_new_ca();
     let pw = pg.password_file().display().to_string();
     let tls = |ca: &std::path::Path| {
         format!(

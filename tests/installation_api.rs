@@ -386,3 +386,173 @@ fn with_postgres_stopped_the_api_answers_unavailable_and_readyz_says_why_ingest_
     );
     r.terminate();
 }
+
+/// Checks an RDS IAM token with botocore (the AWS SDK for Python, beside moto in the
+/// test venv), independently of the relay's signer: the token botocore makes for the same
+/// endpoint, user, region and credentials at the token's own `X-Amz-Date` must be the
+/// same, and that date recent. Prints `ok` or why not.
+const VERIFY_TOKEN_PY: &str = r#"
+import sys, datetime, urllib.parse
+from unittest import mock
+import boto3, botocore.auth
+token, host, port, user, region, key, secret = sys.argv[1:]
+query = urllib.parse.parse_qs(token.split('?', 1)[1])
+when = datetime.datetime.strptime(query['X-Amz-Date'][0], '%Y%m%dT%H%M%SZ')
+with mock.patch.object(botocore.auth, 'get_current_datetime', return_value=when):
+    rds = boto3.client('rds', region_name=region, aws_access_key_id=key, aws_secret_access_key=secret)
+    expected = rds.generate_db_auth_token(host, int(port), user)
+age = (datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - when).total_seconds()
+if token != expected:
+    print('not the token botocore signs: ' + expected)
+elif not -60 < age < 900:
+    print(f'signed {age:.0f} s ago')
+else:
+    print('ok')
+"#;
+
+/// `postgres.iam_auth`: the relay logs in to a real PostgreSQL over TLS with a token
+/// signed by its AWS credentials, for the shipper's connections and for the query
+/// API's pool. The server hands each password to an LDAP server the test runs, which
+/// accepts a token only when botocore signs the same one with the expected credentials
+/// (as RDS checks it against IAM). Wrong or missing credentials fail naming the key.
+#[test]
+fn rds_iam_auth_logs_in_with_tokens_signed_by_the_relays_aws_credentials() {
+    const ROLE: &str = "iam_relay";
+    const KEY_ID: &str = "AKIDIAMTEST00000001";
+    const SECRET: &str = "iam-test-secret-4b1d";
+    const REGION: &str = "eu-west-1";
+    let pg = Postgres::start();
+    let ca_file = pg.enable_tls_with_new_ca();
+    let python = common::moto::moto_server_path().with_file_name("python");
+    let pg_port = pg.port;
+    let ldap = common::ldap::Ldap::start(move |dn, password| {
+        let out = std::process::Command::new(&python)
+            .args(["-c", VERIFY_TOKEN_PY, password, "127.0.0.1"])
+            .arg(pg_port.to_string())
+            .args([ROLE, REGION, KEY_ID, SECRET])
+            .output()
+            .expect("run the token check");
+        let verdict = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if verdict != "ok" {
+            eprintln!(
+                "token refused: {verdict} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dn == format!("cn={ROLE},dc=audit-relay") && verdict == "ok"
+    });
+    pg.client()
+        .batch_execute(&format!(
+            "CREATE ROLE {ROLE} LOGIN; GRANT ALL ON SCHEMA public TO {ROLE};"
+        ))
+        .unwrap();
+    pg.hba_first(&format!(
+        "hostssl all {ROLE} 127.0.0.1/32 ldap ldapserver=127.0.0.1 ldapport={} ldapprefix=\"cn=\" ldapsuffix=\",dc=audit-relay\"",
+        ldap.port
+    ));
+
+    let (h, _) = api_harness_with(&[], &["store = \"postgres\""]);
+    let mut text = std::fs::read_to_string(&h.config).unwrap();
+    text.push_str(&format!(
+        "\n[postgres]\nurl = \"postgres://{ROLE}@127.0.0.1:{pg_port}/postgres\"\nsslmode = \"verify-full\"\nca_file = {:?}\niam_auth = true\niam_region = \"{REGION}\"\nrelay_id = \"pod-iam\"\nretention_days = 36500\n",
+        ca_file.display().to_string()
+    ));
+    h.write_config(&text);
+    let with_keys = |key: &str, secret: &str| {
+        let mut c = common::moto::relay_command(&h);
+        c.env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+        c
+    };
+    let check = |mut c: std::process::Command| {
+        let out = c.args(["check-config", "--connect"]).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (ok, out) = check(with_keys(KEY_ID, SECRET));
+    assert!(ok, "check-config --connect with IAM auth: {out}");
+
+    // Another secret signs another token: refused, and the message names the key.
+    let (ok, out) = check(with_keys(KEY_ID, "not-the-secret"));
+    assert!(!ok && out.contains("postgres.iam_auth"), "{out}");
+    // No credentials at all: nothing to sign with, said before any login.
+    let binds_before = ldap.binds().len();
+    let mut none = common::moto::relay_command(&h);
+    none.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let (ok, out) = check(none);
+    assert!(
+        !ok && out.contains("postgres.iam_auth") && out.contains("credentials"),
+        "{out}"
+    );
+    assert_eq!(ldap.binds().len(), binds_before, "no login without a token");
+
+    // The relay ships with its tokens, and `query` reads the store through the pool.
+    let (_, lines) = server_lines(&mut gen::Gen::new(41), 0, 200);
+    write_lines(&mut common::append_to(&h.log("server.log")), &lines);
+    let r = common::moto::start_relay_with(
+        &h,
+        &[
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ],
+    );
+    wait_for(
+        "200 events shipped with IAM tokens",
+        DEADLINE,
+        || pg.try_i64("SELECT count(*) FROM audit_events WHERE organization_id <> ''") == Some(200),
+        &[&r],
+    );
+    let row = pg
+        .client()
+        .query_one(
+            "SELECT organization_id, count(*), min(ts_ms), max(ts_ms) FROM audit_events
+             WHERE organization_id <> '' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    let (org, n, from, to): (String, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let out = with_keys(KEY_ID, SECRET)
+        .args(["query", "--org", &org, "--json", "--limit", "1000"])
+        .args(["--from", &rfc3339_ms(from), "--to", &rfc3339_ms(to + 1)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count() as i64,
+        n,
+        "query answers from the store over an IAM login"
+    );
+    let log = r.log();
+    r.terminate();
+    assert!(
+        !log.contains("X-Amz-Signature") && !log.contains(SECRET),
+        "a token or the secret in the relay's log:\n{log}"
+    );
+
+    let binds = ldap.binds();
+    let good: Vec<_> = binds.iter().filter(|b| b.accepted).collect();
+    // check-config, the shipper's two connections, the query's pool.
+    assert!(good.len() >= 4, "{binds:#?}");
+    assert!(
+        good.iter().all(|b| b.password.starts_with(&format!(
+            "127.0.0.1:{pg_port}/?Action=connect&DBUser={ROLE}&"
+        ))),
+        "{good:#?}"
+    );
+    assert_eq!(
+        binds.iter().filter(|b| !b.accepted).count(),
+        1,
+        "only the wrong secret's login was refused: {binds:#?}"
+    );
+}

@@ -373,7 +373,10 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let raw = parse::parse(text).map_err(|problems| ConfigError { problems })?;
+        let mut raw = parse::parse(text).map_err(|problems| ConfigError { problems })?;
+        if let Some(pg) = raw.postgres.as_mut() {
+            pg.aws = raw.cloudwatch.clone();
+        }
         let problems = validate(&raw);
         if problems.is_empty() {
             Ok(Config(raw))

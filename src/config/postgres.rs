@@ -1,6 +1,7 @@
 //! `[postgres]`: the installation store, one PostgreSQL database that every relay of an
 //! installation ships its spool to, and that every relay's query API can answer from.
 
+use super::cloudwatch::CloudWatchConfig;
 use super::{HumanDuration, Problem};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -43,6 +44,19 @@ pub struct PostgresConfig {
     /// Connections of the query API's pool. Default 8.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// RDS IAM authentication: each new connection's password is a 15-minute token
+    /// signed with the relay's AWS credentials (those of CloudWatch, with its
+    /// `assume_role_arn`) for the user of `url`. Needs `sslmode = "verify-full"` and no
+    /// `password_file`. Default false.
+    #[serde(default)]
+    pub iam_auth: bool,
+    /// The region the tokens are signed for (the database's); unused without
+    /// `iam_auth`. Default: `cloudwatch.region`, else the environment's (`AWS_REGION`).
+    pub iam_region: Option<String>,
+    /// The `[cloudwatch]` section, whose credentials sign IAM tokens (set when the
+    /// config is loaded; not a key of `[postgres]`).
+    #[serde(skip)]
+    pub aws: Option<CloudWatchConfig>,
 }
 
 /// How the connection is protected.
@@ -102,6 +116,26 @@ impl PostgresConfig {
                 }
             }
         }
+        if self.iam_auth {
+            if self.password_file.is_some() {
+                bad(
+                    "postgres.iam_auth",
+                    "the password is a token signed with AWS credentials: remove postgres.password_file".into(),
+                );
+            }
+            if self.sslmode == SslMode::Disable {
+                bad(
+                    "postgres.iam_auth",
+                    "RDS accepts IAM tokens over TLS only: set sslmode = \"verify-full\" (and ca_file)".into(),
+                );
+            }
+            if url_user(&self.url).is_none() && !self.url.contains("user=") {
+                bad(
+                    "postgres.url",
+                    "names no user (postgres://USER@host/db); with iam_auth the token is signed for it".into(),
+                );
+            }
+        }
         if self.relay_id.trim().is_empty() {
             bad("postgres.relay_id", "must not be empty".into());
         }
@@ -148,6 +182,17 @@ fn url_password(url: &str) -> Result<bool, String> {
     Ok(userinfo.is_some_and(|u| u.contains(':')))
 }
 
+/// The user of a `postgres://user@host` URL, if it names one.
+fn url_user(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let user = userinfo.split(':').next().unwrap_or("");
+    (!user.is_empty()).then_some(user)
+}
+
 /// Validation entry for the whole section (called by the config's validate).
 pub(super) fn check(p: &PostgresConfig, problems: &mut Vec<Problem>) {
     p.validate(&mut |key, message| {
@@ -161,6 +206,33 @@ pub(super) fn check(p: &PostgresConfig, problems: &mut Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn problems(toml_text: &str) -> Vec<(String, String)> {
+        let cfg: PostgresConfig = toml::from_str(toml_text).unwrap();
+        let mut out = Vec::new();
+        cfg.validate(&mut |k, m| out.push((k.to_string(), m)));
+        out
+    }
+
+    #[test]
+    fn iam_auth_needs_tls_a_user_and_no_password_file() {
+        let ok = "url = \"postgres://relay@db:5432/audit\"\nsslmode = \"disable\"\n";
+        assert_eq!(problems(ok), vec![]);
+        let iam = |extra: &str| problems(&format!("{ok}iam_auth = true\n{extra}"));
+        let p = iam("");
+        assert!(
+            p.len() == 1 && p[0].0 == "postgres.iam_auth" && p[0].1.contains("TLS"),
+            "{p:?}"
+        );
+        let p = problems(
+            "url = \"postgres://db/audit\"\niam_auth = true\npassword_file = \"/dev/null\"\nca_file = \"/dev/null\"\n",
+        );
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["postgres.iam_auth", "postgres.url"], "{p:?}");
+        assert!(p[0].1.contains("password_file") && p[1].1.contains("no user"));
+        let p = problems("url = \"postgres://db/audit?user=relay\"\niam_auth = true\nca_file = \"/dev/null\"\niam_region = \"eu-west-1\"\n");
+        assert_eq!(p, vec![]);
+    }
 
     #[test]
     fn a_password_in_the_url_is_refused_and_a_bad_url_named() {

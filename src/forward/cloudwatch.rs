@@ -46,6 +46,23 @@ pub async fn sdk_client(
     session_name: &str,
     sdk_retries: bool,
 ) -> Result<Client, String> {
+    let sdk = sdk_config(cfg, session_name, sdk_retries).await;
+    if sdk.region().is_none() {
+        return Err(
+            "cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)"
+                .to_string(),
+        );
+    }
+    Ok(Client::new(&sdk))
+}
+
+/// The AWS configuration of `cfg` (see [`sdk_client`]): its credentials also sign the
+/// installation store's IAM tokens. The region may be missing.
+pub async fn sdk_config(
+    cfg: &CloudWatchConfig,
+    session_name: &str,
+    sdk_retries: bool,
+) -> aws_config::SdkConfig {
     let mut timeouts = TimeoutConfig::builder()
         .connect_timeout(cfg.connect_timeout.0)
         .operation_timeout(cfg.request_timeout.0);
@@ -64,12 +81,6 @@ pub async fn sdk_client(
         loader = loader.endpoint_url(e.clone());
     }
     let mut sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err(
-            "cloudwatch.region: not set, and the environment names none (AWS_REGION, AWS_DEFAULT_REGION or a profile)"
-                .to_string(),
-        );
-    }
     if let Some(arn) = &cfg.assume_role_arn {
         let mut role = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
             .session_name(session_name)
@@ -85,7 +96,7 @@ pub async fn sdk_client(
             )
             .build();
     }
-    Ok(Client::new(&sdk))
+    sdk
 }
 
 impl CloudWatch {

@@ -160,7 +160,8 @@ pub enum PgClass {
     Serialization,
     /// `too_many_connections`: the server is at `max_connections`.
     TooManyConnections,
-    /// The server refused the user or password (`postgres.url`, `postgres.password_file`).
+    /// The server refused the user or password (`postgres.url`, `postgres.password_file`,
+    /// or the IAM token of `postgres.iam_auth`).
     Auth,
     /// TLS could not be set up or the certificate was refused (`postgres.sslmode`,
     /// `postgres.ca_file`).
@@ -210,7 +211,9 @@ impl PgClass {
     /// The config key an operator should look at, for a permanent class.
     pub fn key(self) -> Option<&'static str> {
         match self {
-            PgClass::Auth => Some("postgres.url (user) / postgres.password_file"),
+            PgClass::Auth => {
+                Some("postgres.url (user) / postgres.password_file / postgres.iam_auth")
+            }
             PgClass::Tls => Some("postgres.sslmode / postgres.ca_file"),
             PgClass::Config => Some("postgres.url"),
             _ => None,

@@ -20,6 +20,7 @@
 //!   `audit_purges` with, for every relay, the runs of sequence numbers dropped and the
 //!   chain hash at each run's end (where verification picks up again).
 
+pub mod iam;
 pub mod query;
 pub mod retention;
 pub mod schema;
@@ -158,7 +159,10 @@ fn tls(cfg: &PostgresConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect,
 /// One connection (the shipper's own, which holds its advisory lock). The connection's
 /// task ends when it breaks; the client's calls then fail as [`PgClass::Connection`].
 pub async fn connect(cfg: &PostgresConfig) -> Result<tokio_postgres::Client, PgError> {
-    let pg = client_config(cfg)?;
+    let mut pg = client_config(cfg)?;
+    if cfg.iam_auth {
+        pg.password(iam::token(cfg).await?);
+    }
     let what = "connecting to postgres.url";
     macro_rules! spawn_conn {
         ($conn:expr) => {
@@ -174,7 +178,7 @@ pub async fn connect(cfg: &PostgresConfig) -> Result<tokio_postgres::Client, PgE
             let (client, conn) = pg
                 .connect(tokio_postgres::NoTls)
                 .await
-                .map_err(|e| PgError::from_pg(what, &e))?;
+                .map_err(|e| login_failed(cfg, PgError::from_pg(what, &e)))?;
             spawn_conn!(conn);
             Ok(client)
         }
@@ -182,7 +186,7 @@ pub async fn connect(cfg: &PostgresConfig) -> Result<tokio_postgres::Client, PgE
             let (client, conn) = pg
                 .connect(tls(cfg)?)
                 .await
-                .map_err(|e| PgError::from_pg(what, &e))?;
+                .map_err(|e| login_failed(cfg, PgError::from_pg(what, &e)))?;
             spawn_conn!(conn);
             Ok(client)
         }
@@ -195,9 +199,18 @@ pub fn pool(cfg: &PostgresConfig) -> Result<deadpool_postgres::Pool, PgError> {
     let mc = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
-    let mgr = match cfg.sslmode {
-        SslMode::Disable => deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, mc),
-        SslMode::VerifyFull => deadpool_postgres::Manager::from_config(pg, tls(cfg)?, mc),
+    let mgr = match (cfg.sslmode, cfg.iam_auth) {
+        (SslMode::Disable, _) => {
+            deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, mc)
+        }
+        (SslMode::VerifyFull, false) => deadpool_postgres::Manager::from_config(pg, tls(cfg)?, mc),
+        (SslMode::VerifyFull, true) => {
+            let connect = IamConnect {
+                inner: deadpool_postgres::ConfigConnectImpl { tls: tls(cfg)? },
+                cfg: cfg.clone(),
+            };
+            deadpool_postgres::Manager::from_connect(pg, connect, mc)
+        }
     };
     deadpool_postgres::Pool::builder(mgr)
         .max_size(cfg.pool_size)
@@ -209,12 +222,57 @@ pub fn pool(cfg: &PostgresConfig) -> Result<deadpool_postgres::Pool, PgError> {
         .map_err(|e| PgError::new(PgClass::Config, "postgres", e.to_string()))
 }
 
-/// A pooled connection, or the failure classified.
-pub async fn pooled(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object, PgError> {
+/// With `postgres.iam_auth`, a refused login says where the token came from.
+fn login_failed(cfg: &PostgresConfig, mut e: PgError) -> PgError {
+    if cfg.iam_auth && e.class == PgClass::Auth {
+        e.message.push_str(
+            "; the password was an RDS IAM token (postgres.iam_auth) signed with the relay's AWS credentials: their IAM policy must allow rds-db:connect for this database user, and the user must be granted rds_iam",
+        );
+    }
+    e
+}
+
+/// The pool's connector with `postgres.iam_auth`: each new connection logs in with a
+/// current token.
+struct IamConnect {
+    inner: deadpool_postgres::ConfigConnectImpl<tokio_postgres_rustls::MakeRustlsConnect>,
+    cfg: PostgresConfig,
+}
+
+type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+impl deadpool_postgres::Connect for IamConnect {
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Connected, tokio_postgres::Error>> + Send + '_>,
+    > {
+        let mut pg = pg.clone();
+        Box::pin(async move {
+            // A token that cannot be made was reported by `pooled` just before; without
+            // one the server refuses the login.
+            if let Ok(token) = iam::token(&self.cfg).await {
+                pg.password(token);
+            }
+            self.inner.connect(&pg).await
+        })
+    }
+}
+
+/// A pooled connection, or the failure classified. With `postgres.iam_auth`, a token
+/// that cannot be made (no credentials) is the failure.
+pub async fn pooled(
+    pool: &deadpool_postgres::Pool,
+    cfg: &PostgresConfig,
+) -> Result<deadpool_postgres::Object, PgError> {
     use deadpool_postgres::PoolError;
+    if cfg.iam_auth {
+        iam::token(cfg).await?;
+    }
     let what = "connecting to postgres.url";
     pool.get().await.map_err(|e| match &e {
-        PoolError::Backend(pg) => PgError::from_pg(what, pg),
+        PoolError::Backend(pg) => login_failed(cfg, PgError::from_pg(what, pg)),
         PoolError::Timeout(_) => PgError::new(
             PgClass::Connection,
             what,

@@ -29,6 +29,7 @@ pub struct StoreRow {
 /// Pooled read connections to the store, and the page-token key once read.
 pub struct StoreReader {
     pool: deadpool_postgres::Pool,
+    cfg: PostgresConfig,
     timeout: Duration,
     key: tokio::sync::OnceCell<Vec<u8>>,
 }
@@ -46,6 +47,7 @@ impl StoreReader {
     pub fn new(cfg: &PostgresConfig) -> Result<StoreReader, PgError> {
         Ok(StoreReader {
             pool: pool(cfg)?,
+            cfg: cfg.clone(),
             timeout: cfg.connect_timeout.0,
             key: tokio::sync::OnceCell::new(),
         })
@@ -72,7 +74,7 @@ impl StoreReader {
         self.key
             .get_or_try_init(|| {
                 self.bounded("reading the page-token key", async {
-                    let c = pooled(&self.pool).await?;
+                    let c = pooled(&self.pool, &self.cfg).await?;
                     schema::token_key(&**c).await
                 })
             })
@@ -94,7 +96,7 @@ impl StoreReader {
         };
         let what = "reading the installation store";
         self.bounded(what, async {
-            let c = pooled(&self.pool).await?;
+            let c = pooled(&self.pool, &self.cfg).await?;
             let stmt = c
                 .prepare_cached(PAGE_SQL)
                 .await
@@ -157,7 +159,7 @@ impl StoreReader {
     pub async fn ping(&self) -> Result<(), PgError> {
         let what = "checking the installation store";
         self.bounded(what, async {
-            let c = pooled(&self.pool).await?;
+            let c = pooled(&self.pool, &self.cfg).await?;
             c.simple_query("SELECT 1")
                 .await
                 .map_err(|e| PgError::from_pg(what, &e))?;

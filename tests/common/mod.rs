@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod ldap;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;

@@ -390,10 +390,16 @@ pub fn relay_command(h: &Harness) -> Command {
 
 /// Starts `audit-relay run` with static test credentials and `HOSTNAME`.
 pub fn start_relay(h: &Harness) -> Relay {
+    start_relay_with(h, &[])
+}
+
+/// [`start_relay`] with more (or other) environment variables.
+pub fn start_relay_with(h: &Harness, env: &[(&str, &str)]) -> Relay {
     let n = h.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
     let stderr_path = h.dir.path().join(format!("relay-{n}.stderr"));
     let stderr = File::create(&stderr_path).unwrap();
     let child = relay_command(h)
+        .envs(env.iter().copied())
         .arg("run")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -207,6 +207,51 @@ impl Postgres {
         self.start_again();
     }
 
+    /// Turns TLS on with a server certificate for 127.0.0.1 signed by a new CA, and
+    /// restarts the server; returns the CA's file (for `postgres.ca_file`).
+    pub fn enable_tls_with_new_ca(&self) -> PathBuf {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        self.enable_tls(&server.pem(), &server_key.serialize_pem());
+        let ca_file = self.dir().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        ca_file
+    }
+
+    /// Puts `line` first in `pg_hba.conf` (the first matching line decides) and reloads.
+    pub fn hba_first(&self, line: &str) {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("{line}\n{text}")).unwrap();
+        let loaded = |c: &mut postgres::Client| -> String {
+            c.query_one("SELECT pg_conf_load_time()::text", &[])
+                .unwrap()
+                .get(0)
+        };
+        let before = loaded(&mut self.client());
+        self.client()
+            .batch_execute("SELECT pg_reload_conf()")
+            .expect("reload pg_hba.conf");
+        // The postmaster reloads on its own time; new backends then say so.
+        for _ in 0..200 {
+            if loaded(&mut self.client()) != before {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "pg_hba.conf was not reloaded:\n{}",
+            std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        );
+    }
+
     /// Stops the server the way a crash does (`pg_ctl stop -m immediate`).
     pub fn stop_immediate(&self) {
         let _ = self
