@@ -92,7 +92,10 @@ impl StoreReader {
     ) -> Result<Vec<StoreRow>, PgError> {
         let (to_ms, last_ts, last_gseq) = match before {
             Some((ts, g)) => (q.to_ms.min(ts), ts, g),
-            None => (q.to_ms, i64::MAX, i64::MAX),
+            // A first page's bound is `to` itself (no `gseq` reaches MAX): PostgreSQL's
+            // generic plan may start the index scan at this bound rather than at
+            // `ts_ms <= to`, and (MAX, MAX) walked every newer row of the organization.
+            None => (q.to_ms, q.to_ms, i64::MAX),
         };
         let what = "reading the installation store";
         self.bounded(what, async {
