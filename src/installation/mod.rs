@@ -195,7 +195,12 @@ pub async fn connect(cfg: &PostgresConfig) -> Result<tokio_postgres::Client, PgE
 
 /// A pool of connections for reads (the query API), `postgres.pool_size` at most.
 pub fn pool(cfg: &PostgresConfig) -> Result<deadpool_postgres::Pool, PgError> {
-    let pg = client_config(cfg)?;
+    let mut pg = client_config(cfg)?;
+    // The page query's generic plan (run-time pruning of the partitions, the API index)
+    // from the first call: PostgreSQL otherwise plans the first five calls of each
+    // connection for their values, over every partition (~1.6 ms each with 90 days),
+    // and may pick a scan of the primary key that filters a whole day.
+    pg.options("-c plan_cache_mode=force_generic_plan");
     let mc = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
