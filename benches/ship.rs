@@ -92,12 +92,12 @@ fn main() {
                 .last_seq;
             let (me, db) = (
                 support::process_cpu_secs(std::process::id()),
-                postgres_cpu(),
+                support::postgres_cpu(),
             );
             let secs = ship_all(&rt, &pg, dir.path(), &format!("bench-{run}"), last);
             let (me, db) = (
                 support::process_cpu_secs(std::process::id()) - me,
-                postgres_cpu() - db,
+                support::postgres_cpu() - db,
             );
             eprintln!(
                 "  CPU: relay's shipper {:.2} µs/row, PostgreSQL {:.2} µs/row",
@@ -166,22 +166,6 @@ fn main() {
             (full[full.len() / 2] / empty[empty.len() / 2] - 1.0) * 100.0
         );
     }
-}
-
-/// CPU seconds of every `postgres` process on the machine (the bench's server is the
-/// only one running).
-fn postgres_cpu() -> f64 {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .map(support::process_cpu_secs)
-        .sum()
 }
 
 /// Ships the spool in `dir` as `relay_id` until the store's cursor is at `last`;

@@ -119,6 +119,22 @@ pub mod postgres;
 /// defaults (128 MB, 1 GB) are for a laptop.
 pub const PRODUCTION_PG: &[&str] = &["shared_buffers=2GB", "max_wal_size=2GB"];
 
+/// CPU seconds of every `postgres` process on the machine (the bench's server is the
+/// only one running).
+pub fn postgres_cpu() -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(process_cpu_secs)
+        .sum()
+}
+
 /// CPU seconds (utime + stime) of a whole process from `/proc/<pid>/stat`, 0 when
 /// unreadable.
 pub fn process_cpu_secs(pid: u32) -> f64 {
