@@ -52,7 +52,7 @@ pub mod proto {
 use crate::config::api::{ApiConfig, Store};
 use crate::config::postgres::PostgresConfig;
 use crate::config::SpoolConfig;
-use crate::event::ApiAuditLog;
+use crate::event::{write_api_json, ApiAuditLog};
 use crate::query::Query;
 use crate::spool::{AppendBatch, Spool, SpoolError};
 use anyhow::Context;
@@ -67,7 +67,7 @@ use request::{FieldNames, ListRequest, PagePlan};
 use std::future::Future;
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::ReadStore;
@@ -82,14 +82,44 @@ const CONCURRENT_READS: usize = 16;
 /// Idle read-only spool connections kept for reuse.
 const IDLE_READERS: usize = 8;
 
-/// One page of a ListAuditLogs answer.
+/// One page of a ListAuditLogs answer: its events as stored, turned into the API's
+/// form by the codec that answers (the JSON one writes it from the stored text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    pub logs: Vec<ApiAuditLog>,
-    /// Each log's timestamp in milliseconds (for the protobuf codec).
-    pub ts_ms: Vec<i64>,
+    /// Newest first.
+    pub rows: Vec<store::Row>,
     /// Empty on the last page.
     pub next_token: String,
+    /// The store read (named in the error of a corrupt row).
+    pub store: &'static str,
+}
+
+impl Page {
+    fn corrupt(&self, row: &store::Row, why: String) -> ApiError {
+        ApiError::internal(
+            &format!("reading the {}", self.store),
+            format!("stored event {} is corrupt: {why}", row.tiebreak),
+        )
+    }
+
+    /// Each event in the API's form.
+    pub fn logs(&self) -> Result<Vec<ApiAuditLog>, ApiError> {
+        self.rows
+            .iter()
+            .map(|r| ApiAuditLog::from_body(&r.body, r.ts_ms).map_err(|w| self.corrupt(r, w)))
+            .collect()
+    }
+
+    /// Appends each event's JSON form to `out`, separated by commas.
+    pub fn write_json_logs(&self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        for (i, r) in self.rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_api_json(&r.body, r.ts_ms, out).map_err(|w| self.corrupt(r, w))?;
+        }
+        Ok(())
+    }
 }
 
 /// Read-only spool connections, reused.
@@ -267,22 +297,11 @@ impl ApiState {
             }
             _ => String::new(),
         };
-        let mut page = Page {
-            logs: Vec::with_capacity(rows.len()),
-            ts_ms: Vec::with_capacity(rows.len()),
+        Ok(Page {
+            rows,
             next_token,
-        };
-        for e in rows {
-            let log = ApiAuditLog::from_body(&e.body, e.ts_ms).map_err(|r| {
-                ApiError::internal(
-                    &format!("reading the {}", self.store.name()),
-                    format!("stored event {} is corrupt: {r}", e.tiebreak),
-                )
-            })?;
-            page.logs.push(log);
-            page.ts_ms.push(e.ts_ms);
-        }
-        Ok(page)
+            store: self.store.name(),
+        })
     }
 
     /// Appends the read's own audit event through the spool writer.
@@ -294,18 +313,26 @@ impl ApiState {
     ) -> Result<(), ApiError> {
         let ev = audit::event(caller, plan, export, uuid::Uuid::new_v4(), now_ms())
             .map_err(|e| ApiError::internal("building the read's audit event", e))?;
-        let tx = self.audit.clone();
         let batch = AppendBatch {
             events: vec![ev],
             read: 0,
             ..Default::default()
         };
-        tokio::task::spawn_blocking(move || tx.send(batch))
-            .await
-            .map_err(|e| ApiError::internal("audit sender", e))?
-            .map_err(|_| {
-                ApiError::unavailable("recording the read", "the spool writer has stopped")
-            })
+        let stopped =
+            || ApiError::unavailable("recording the read", "the spool writer has stopped");
+        // Straight into the writer's queue when it has room; a full queue is waited on
+        // off the runtime's threads (not a thread hand-off for every read).
+        match self.audit.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+            Err(TrySendError::Full(batch)) => {
+                let tx = self.audit.clone();
+                tokio::task::spawn_blocking(move || tx.send(batch))
+                    .await
+                    .map_err(|e| ApiError::internal("audit sender", e))?
+                    .map_err(|_| stopped())
+            }
+        }
     }
 }
 

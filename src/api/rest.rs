@@ -91,7 +91,7 @@ pub async fn list(
         let page = s.list(&caller, &req, REST).await?;
         Ok((
             [(header::CONTENT_TYPE, "application/json")],
-            connect::encode_json(&page),
+            connect::encode_json(&page)?,
         )
             .into_response())
     };
