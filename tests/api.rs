@@ -375,16 +375,7 @@ fn a_read_is_audited_and_both_codecs_agree() {
     };
     let auth = format!("Bearer {OPS_A_TOKEN}");
     let body = preq.encode_to_vec();
-    let pr = request(
-        &addr,
-        "POST",
-        LIST,
-        &[
-            ("Content-Type", "application/proto"),
-            ("Authorization", &auth),
-        ],
-        Send::Plain(&body),
-    );
+    let pr = list_proto(&addr, OPS_A_TOKEN, &preq);
     assert_eq!(pr.status, 200, "{}", pr.text());
     assert_eq!(pr.header("content-type"), Some("application/proto"));
     let presp = proto::ListAuditLogsResponse::decode(&pr.body[..]).unwrap();
@@ -406,16 +397,7 @@ fn a_read_is_audited_and_both_codecs_agree() {
         organization_id: "nope".into(),
         ..Default::default()
     };
-    let r = request(
-        &addr,
-        "POST",
-        LIST,
-        &[
-            ("Content-Type", "application/proto"),
-            ("Authorization", &auth),
-        ],
-        Send::Plain(&bad.encode_to_vec()),
-    );
+    let r = list_proto(&addr, OPS_A_TOKEN, &bad);
     assert_eq!(
         (r.status, r.header("content-type")),
         (400, Some("application/json"))
@@ -571,6 +553,94 @@ fn rest_pages_and_the_export_match_connect() {
                 .iter()
                 .any(|(_, a, args)| a == "operator:admin" && args[0]["export"] == true)
         },
+    );
+    relay.terminate();
+}
+
+/// A stored body that is not what the relay wrote (a damaged spool) fails the page that
+/// holds it as a whole, in both Connect codecs and the REST form (never a page without
+/// it), the pages before it still answer, and the export never writes that event or a
+/// clean end of its stream.
+#[test]
+fn a_corrupt_stored_event_fails_its_whole_page_and_cuts_the_export() {
+    let (h, _) = api_harness();
+    let mut relay = h.start();
+    let addr = api_addr(&relay);
+    let (now, a_ids, _) = seed(&h, &mut relay);
+    let db = rusqlite::Connection::open(h.db_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE events SET body = '{\"id\":1}' WHERE json_extract(body, '$.id') = ?1",
+            [&a_ids[5]],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let (from, to) = (rfc3339_ms(now - 7 * 86_400_000 + 60_000), rfc3339_ms(now));
+    let page = |token: &str| {
+        json!({"organizationId": ORG_A, "from": from, "to": to,
+               "pagination": {"pageSize": 4, "token": token}})
+    };
+    let first = list_json(&addr, Some(ADMIN_TOKEN), &page(""));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(ids(&first), a_ids[..4]);
+    let token = first.json()["pagination"]["nextToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = list_json(&addr, Some(ADMIN_TOKEN), &page(&token));
+    assert_eq!(second.status, 500, "{}", second.text());
+    assert_eq!(second.json()["code"], "internal");
+    assert!(!second.text().contains(&a_ids[4]), "{}", second.text());
+
+    let ts = |ms: i64| prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    };
+    #[allow(deprecated)]
+    let preq = proto::ListAuditLogsRequest {
+        organization_id: ORG_A.into(),
+        from: Some(ts(now - 7 * 86_400_000 + 60_000)),
+        to: Some(ts(now)),
+        pagination: Some(proto::PaginationRequest {
+            page_size: 4,
+            token: token.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pr = list_proto(&addr, ADMIN_TOKEN, &preq);
+    assert_eq!(pr.status, 500, "{}", pr.text());
+
+    let window = format!(
+        "from={}&to={}",
+        from.replace(':', "%3A"),
+        to.replace(':', "%3A")
+    );
+    let rest = get(
+        &addr,
+        ADMIN_TOKEN,
+        &format!("/v1/organizations/{ORG_A}/audit-logs?{window}&pageSize=4&pageToken={token}"),
+    );
+    assert_eq!(rest.status, 500, "{}", rest.text());
+
+    // The export: read to the end of the connection, whatever it holds.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /v1/organizations/{ORG_A}/audit-logs/export?{window} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(!raw.contains(&a_ids[5]), "{raw}");
+    assert!(
+        !raw.ends_with("\r\n0\r\n\r\n"),
+        "the export ended cleanly: {raw}"
     );
     relay.terminate();
 }

@@ -19,7 +19,7 @@
 use super::error::{ApiError, Code};
 use super::store::{ReadStore, Row};
 use super::{rest, ApiState};
-use crate::event::ApiAuditLog;
+use crate::event::write_api_json;
 use crate::query::Query;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -205,14 +205,15 @@ async fn stream(
         let last_chunk = rows.len() < EXPORT_ROWS;
         for e in rows {
             before = Some((e.ts_ms, e.tiebreak));
-            let log = ApiAuditLog::from_body(&e.body, e.ts_ms).map_err(|r| {
+            // Written from the stored JSON, as a page's events are.
+            write_api_json(&e.body, e.ts_ms, &mut buf).map_err(|r| {
                 tracing::error!(seq = e.tiebreak, reason = %r, "query API: export met a corrupt event");
                 Stop::Failed
             })?;
-            serde_json::to_writer(&mut buf, &log).expect("a log serializes");
             buf.push(b'\n');
             if buf.len() >= EXPORT_CHUNK_BYTES {
-                send(tx, Bytes::from(std::mem::take(&mut buf)), stall).await?;
+                let next = Vec::with_capacity(EXPORT_CHUNK_BYTES + 4096);
+                send(tx, Bytes::from(std::mem::replace(&mut buf, next)), stall).await?;
             }
         }
         if last_chunk {

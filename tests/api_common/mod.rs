@@ -252,6 +252,22 @@ pub fn list_json(addr: &str, bearer: Option<&str>, req: &serde_json::Value) -> R
     request(addr, "POST", LIST, &headers, Send::Plain(body.as_bytes()))
 }
 
+/// A Connect binary-protobuf ListAuditLogs call (`req`, encoded) with a bearer token.
+pub fn list_proto(addr: &str, bearer: &str, req: &impl prost::Message) -> Resp {
+    let auth = format!("Bearer {bearer}");
+    let headers = [
+        ("Content-Type", "application/proto"),
+        ("Authorization", auth.as_str()),
+    ];
+    request(
+        addr,
+        "POST",
+        LIST,
+        &headers,
+        Send::Plain(&req.encode_to_vec()),
+    )
+}
+
 /// A REST GET with a bearer token.
 pub fn get(addr: &str, bearer: &str, path: &str) -> Resp {
     let auth = format!("Bearer {bearer}");
