@@ -555,16 +555,21 @@ struct StoredMembers<'a> {
     args: Option<&'a RawValue>,
 }
 
+/// The members `T` of a stored body, read in one pass.
+fn stored_members<'a, T: Deserialize<'a>>(body: &'a str) -> Result<T, String> {
+    // serde's derived structs also read arrays; a stored body is always an object.
+    if !body.trim_start().starts_with('{') {
+        return Err("not a JSON object".into());
+    }
+    serde_json::from_str(body).map_err(|e| e.to_string())
+}
+
 impl ApiAuditLog {
     /// Builds the API form from a stored body. Fails only if the body was not written
     /// by [`decode`] (a corrupted spool): not a JSON object, a member missing, repeated
     /// or of the wrong type.
     pub fn from_body(body: &str, ts_ms: i64) -> Result<Self, String> {
-        // serde's derived structs also read arrays; a stored body is always an object.
-        if !body.trim_start().starts_with('{') {
-            return Err("not a JSON object".into());
-        }
-        let m: StoredMembers = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let m: StoredMembers = stored_members(body)?;
         Ok(ApiAuditLog {
             id: m.id.into_owned(),
             timestamp: format_timestamp_ms(ts_ms),
@@ -598,10 +603,7 @@ struct StoredJson<'a> {
 /// without building the strings. Fails as `from_body` does; `out` then holds part of
 /// the event.
 pub fn write_api_json(body: &str, ts_ms: i64, out: &mut Vec<u8>) -> Result<(), String> {
-    if !body.trim_start().starts_with('{') {
-        return Err("not a JSON object".into());
-    }
-    let m: StoredJson = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let m: StoredJson = stored_members(body)?;
     for (name, v) in [
         ("id", m.id),
         ("action", m.action),

@@ -569,6 +569,32 @@ impl XorShift {
     }
 }
 
+/// A fresh PostgreSQL with the store's schema, the `[postgres]` section of `relay_id`
+/// for it, and a runtime to call the library with.
+fn migrated_store(
+    relay_id: &str,
+) -> (
+    Postgres,
+    audit_relay::config::postgres::PostgresConfig,
+    tokio::runtime::Runtime,
+) {
+    let pg = Postgres::start();
+    let section = pg.config_section(relay_id, &["retention_days = 36500"]);
+    let cfg: audit_relay::config::postgres::PostgresConfig =
+        toml::from_str(section.trim_start().trim_start_matches("[postgres]")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = audit_relay::installation::connect(&cfg).await.unwrap();
+        audit_relay::installation::schema::migrate(&mut c, relay_id)
+            .await
+            .unwrap();
+    });
+    (pg, cfg, rt)
+}
+
 /// Keyset pages of the store, walked to the end, are exactly the table's rows in
 /// `ORDER BY ts_ms DESC, gseq DESC`: random ranges, filters and page sizes (1 to 150)
 /// over 12 days of rows, a dense and a sparse organization, days without a partition,
@@ -581,20 +607,7 @@ fn store_pages_walked_by_keyset_are_the_tables_rows_in_order() {
     use audit_relay::query::Query;
     const DAY: i64 = 86_400_000;
     const D0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-    let pg = Postgres::start();
-    let section = pg.config_section("pod-pages", &["retention_days = 36500"]);
-    let cfg: audit_relay::config::postgres::PostgresConfig =
-        toml::from_str(section.trim_start().trim_start_matches("[postgres]")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = audit_relay::installation::connect(&cfg).await.unwrap();
-        audit_relay::installation::schema::migrate(&mut c, "pod-pages")
-            .await
-            .unwrap();
-    });
+    let (pg, cfg, rt) = migrated_store("pod-pages");
     let mut sql = String::new();
     for d in (0..10).filter(|d| *d != 3 && *d != 6) {
         sql.push_str(&format!(
@@ -730,20 +743,7 @@ fn a_first_page_with_to_in_the_past_starts_at_to_in_the_index() {
     use audit_relay::installation::query::StoreReader;
     use audit_relay::query::Query;
     const D0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-    let pg = Postgres::start();
-    let section = pg.config_section("pod-first", &["retention_days = 36500"]);
-    let cfg: audit_relay::config::postgres::PostgresConfig =
-        toml::from_str(section.trim_start().trim_start_matches("[postgres]")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = audit_relay::installation::connect(&cfg).await.unwrap();
-        audit_relay::installation::schema::migrate(&mut c, "pod-first")
-            .await
-            .unwrap();
-    });
+    let (pg, cfg, rt) = migrated_store("pod-first");
     // 100 rows in the first hour of the day, 20,000 in the rest of it.
     pg.client()
         .batch_execute(&format!(

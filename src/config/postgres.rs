@@ -129,7 +129,12 @@ impl PostgresConfig {
                     "RDS accepts IAM tokens over TLS only: set sslmode = \"verify-full\" (and ca_file)".into(),
                 );
             }
-            if url_user(&self.url).is_none() && !self.url.contains("user=") {
+            // A URL that does not parse is reported above.
+            let names_no_user = self
+                .url
+                .parse::<tokio_postgres::Config>()
+                .is_ok_and(|c| c.get_user().is_none());
+            if names_no_user {
                 bad(
                     "postgres.url",
                     "names no user (postgres://USER@host/db); with iam_auth the token is signed for it".into(),
@@ -180,17 +185,6 @@ fn url_password(url: &str) -> Result<bool, String> {
         return Err(format!("{url:?} names no host"));
     }
     Ok(userinfo.is_some_and(|u| u.contains(':')))
-}
-
-/// The user of a `postgres://user@host` URL, if it names one.
-fn url_user(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let user = userinfo.split(':').next().unwrap_or("");
-    (!user.is_empty()).then_some(user)
 }
 
 /// Validation entry for the whole section (called by the config's validate).
