@@ -445,8 +445,10 @@ fn event_from_members(m: &Members) -> Result<Event, Invalid> {
 
 /// Appends `s` as a JSON string; one that needs no escape is copied as it is.
 fn push_json_string(body: &mut String, s: &str) {
-    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        body.push_str(&serde_json::to_string(s).expect("a string serializes"));
+    if crate::json::find_escape(s.as_bytes()).is_some() {
+        let mut escaped = Vec::with_capacity(s.len() + 8);
+        crate::json::write_str(&mut escaped, s);
+        body.push_str(std::str::from_utf8(&escaped).expect("escaping keeps UTF-8"));
     } else {
         body.push('"');
         body.push_str(s);
@@ -625,8 +627,7 @@ pub fn write_api_json(body: &str, ts_ms: i64, out: &mut Vec<u8>) -> Result<(), S
     out.extend_from_slice(b",\"actorId\":");
     out.extend_from_slice(m.actor_id.get().as_bytes());
     out.extend_from_slice(b",\"args\":");
-    serde_json::to_writer(&mut *out, m.args.map_or("[]", |a| a.get()))
-        .map_err(|e| e.to_string())?;
+    crate::json::write_str(out, m.args.map_or("[]", |a| a.get()));
     out.push(b'}');
     Ok(())
 }

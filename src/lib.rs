@@ -4,9 +4,11 @@
 //!
 //! - [`config`]: the TOML config tree, its validation, human units.
 //! - [`event`]: the audit event model; decoding and validating a record (pure).
+//! - [`json`]: writing text as a JSON string, eight bytes at a time (pure).
 //! - [`source`]: where records come from: framing (pure), file identity and
 //!   checkpoints, the file tailer, standard input.
 //! - [`spool`]: the durable store (SQLite): append with checkpoints, query, stats.
+//! - [`scan`]: finding a byte eight at a time (pure).
 //! - [`query`]: query planning (pure), shared by the CLI and the API.
 //! - [`forward`]: CloudWatch batches and retry classification (the forwarder itself
 //!   comes with its own issue).
@@ -33,8 +35,10 @@ pub mod event;
 pub mod forward;
 pub mod installation;
 pub mod integrity;
+pub mod json;
 pub mod pipeline;
 pub mod query;
+pub mod scan;
 pub mod source;
 pub mod spool;
 pub mod telemetry;

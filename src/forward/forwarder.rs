@@ -273,7 +273,7 @@ impl Forwarder {
                         return;
                     }
                 }
-                let (message, truncated) = self.format.render(&row.body, row.ts_ms);
+                let (message, truncated) = self.format.render_owned(row.body, row.ts_ms);
                 if truncated {
                     tracing::warn!(seq = row.seq, "event larger than cloudwatch.max_event_bytes: sent as a truncated stub; the spool keeps it whole");
                 }

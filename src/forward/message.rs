@@ -49,6 +49,15 @@ impl MessageFormat {
         (self.splice(&stub), true)
     }
 
+    /// [`MessageFormat::render`] of a body the caller gives up: one that goes out as it
+    /// is (no static fields, not too large) is moved, not copied.
+    pub fn render_owned(&self, body: String, ts_ms: i64) -> (String, bool) {
+        if self.static_suffix.is_empty() && body.len() + EVENT_OVERHEAD <= self.max_event_bytes {
+            return (body, false);
+        }
+        self.render(&body, ts_ms)
+    }
+
     fn splice(&self, object: &str) -> String {
         if self.static_suffix.is_empty() {
             return object.to_string();
@@ -85,6 +94,10 @@ mod tests {
         assert_eq!(v["args"][0], "x");
         let plain = MessageFormat::new(&BTreeMap::new(), 1 << 20);
         assert_eq!(plain.render(BODY, 0).0, BODY);
+        assert_eq!(
+            plain.render_owned(BODY.to_string(), 0),
+            (BODY.to_string(), false)
+        );
     }
 
     #[test]
@@ -93,6 +106,10 @@ mod tests {
         let f = MessageFormat::new(&BTreeMap::from([("cluster".into(), "eu-1".into())]), 1024);
         let (m, truncated) = f.render(&big, 1_719_235_776_484);
         assert!(truncated);
+        assert_eq!(
+            f.render_owned(big.clone(), 1_719_235_776_484),
+            (m.clone(), true)
+        );
         assert!(m.len() + EVENT_OVERHEAD <= 1024);
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v["id"], "1ac75456-ae7d-4233-9914-32d124fa35c3");

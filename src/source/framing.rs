@@ -496,26 +496,9 @@ fn parse_cri(line: &[u8]) -> Option<(usize, &[u8], bool)> {
 /// The first `needle` in `hay`, eight bytes at a time: a byte-by-byte `position` cost
 /// about 6 instructions per byte, a third of the file source's framing work (issue 11).
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let rep = LO.wrapping_mul(needle as u64);
-    let mut chunks = hay.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().expect("8 bytes")) ^ rep;
-        // A byte of `w` is zero where `needle` is. The lowest flagged byte is always a
-        // true zero (a borrow only flags bytes above one), so it is the first match.
-        let zero = w.wrapping_sub(LO) & !w & HI;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|b| *b == needle)
-        .map(|i| at + i)
+    use crate::scan::{splat, zero_bytes};
+    let rep = splat(needle);
+    crate::scan::find(hay, |w| zero_bytes(w ^ rep), |b| b == needle)
 }
 
 #[cfg(test)]
