@@ -412,7 +412,16 @@ fn event_from_members(m: &Members) -> Result<Event, Invalid> {
         if i > 0 {
             body.push(',');
         }
-        push_json_string(&mut body, k);
+        match k {
+            // Borrowed: the parser found no escape in it, and a JSON string holds no
+            // raw quote or control; its text is its JSON.
+            Cow::Borrowed(name) => {
+                body.push('"');
+                body.push_str(name);
+                body.push('"');
+            }
+            Cow::Owned(name) => push_json_string(&mut body, name),
+        }
         body.push(':');
         match k.as_ref() {
             "args" => body.push_str(args),
