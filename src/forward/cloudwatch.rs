@@ -190,11 +190,12 @@ impl CloudWatch {
 
     /// One PutLogEvents call with events already sorted by time.
     ///
-    /// The relay writes the JSON body itself ([`put_body`], one buffer, serde_json's
-    /// string escaping) and hands it to the SDK just before signing: the SDK's own
-    /// serializer would need a copy of every message (`InputLogEvent`) and escapes them
-    /// several times slower (measured in docs/benchmarks.md, issue 11). The SDK still
-    /// signs (SigV4 over this body), sends and parses the answer.
+    /// The relay writes the JSON body itself ([`put_body`], one buffer, the messages
+    /// escaped by [`crate::json`] as serde_json would) and hands it to the SDK just
+    /// before signing: the SDK's own serializer would need a copy of every message
+    /// (`InputLogEvent`) and escapes them several times slower (measured in
+    /// docs/benchmarks.md, issue 11). The SDK still signs (SigV4 over this body), sends
+    /// and parses the answer.
     pub async fn put(&self, events: &[OutEvent]) -> Result<PutOutcome, Failure> {
         let body = bytes::Bytes::from(put_body(&self.group, &self.stream, events));
         let length = body.len().to_string();
