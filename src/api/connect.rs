@@ -228,7 +228,7 @@ pub fn encode_json(page: &Page) -> Result<Vec<u8>, ApiError> {
     out.extend_from_slice(b"{\"auditLogs\":[");
     page.write_json_logs(&mut out)?;
     out.extend_from_slice(b"],\"pagination\":{\"nextToken\":");
-    serde_json::to_writer(&mut out, &page.next_token).expect("a string serializes");
+    crate::json::write_str(&mut out, &page.next_token);
     out.extend_from_slice(b"}}");
     Ok(out)
 }
