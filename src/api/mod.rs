@@ -34,6 +34,7 @@ pub mod connect;
 pub mod error;
 pub mod export;
 pub mod metrics;
+pub mod readers;
 pub mod reload;
 pub mod request;
 pub mod rest;
@@ -54,7 +55,7 @@ use crate::config::postgres::PostgresConfig;
 use crate::config::SpoolConfig;
 use crate::event::{write_api_json, ApiAuditLog};
 use crate::query::Query;
-use crate::spool::{AppendBatch, Spool, SpoolError};
+use crate::spool::{AppendBatch, Spool};
 use anyhow::Context;
 use auth::{Authenticator, Caller, SharedAuthenticator};
 use axum::http::{header, HeaderMap};
@@ -66,9 +67,8 @@ use metrics::ApiMetrics;
 use request::{FieldNames, ListRequest, PagePlan};
 use std::future::Future;
 use std::ops::Deref;
-use std::path::PathBuf;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use store::ReadStore;
 use tokio::sync::Semaphore;
@@ -79,8 +79,14 @@ use tokio_util::sync::CancellationToken;
 pub const PAGE_TOKEN_KEY: &str = "api_page_token_key";
 /// Spool reads running at once (an export holds one only while it reads a chunk).
 const CONCURRENT_READS: usize = 16;
-/// Idle read-only spool connections kept for reuse.
-const IDLE_READERS: usize = 8;
+/// Threads reading the spool for the API, each with its own connection: enough to keep
+/// the cores busy and a few reads waiting on the disk at once.
+fn reader_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+        * 2
+}
 
 /// One page of a ListAuditLogs answer: its events as stored, turned into the API's
 /// form by the codec that answers (the JSON one writes it from the stored text).
@@ -119,30 +125,6 @@ impl Page {
             write_api_json(&r.body, r.ts_ms, out).map_err(|w| self.corrupt(r, w))?;
         }
         Ok(())
-    }
-}
-
-/// Read-only spool connections, reused.
-pub struct Readers {
-    dir: PathBuf,
-    idle: Mutex<Vec<Spool>>,
-}
-
-impl Readers {
-    fn with<T, E: From<SpoolError>>(&self, f: impl FnOnce(&Spool) -> Result<T, E>) -> Result<T, E> {
-        let reuse = self.idle.lock().expect("readers").pop();
-        let spool = match reuse {
-            Some(s) => s,
-            None => Spool::open_read_only(&self.dir)?,
-        };
-        let r = f(&spool);
-        if r.is_ok() {
-            let mut idle = self.idle.lock().expect("readers");
-            if idle.len() < IDLE_READERS {
-                idle.push(spool);
-            }
-        }
-        r
     }
 }
 
@@ -409,10 +391,8 @@ pub async fn start(
                 k
             })?;
             ReadStore::Spool {
-                readers: Readers {
-                    dir: spool.dir.clone(),
-                    idle: Mutex::new(Vec::new()),
-                },
+                readers: readers::Readers::start(spool.dir.clone(), reader_threads())
+                    .context("starting the API's spool reader threads")?,
                 key,
             }
         }

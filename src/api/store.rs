@@ -10,7 +10,7 @@
 //! [`StoreHealth`] current for `/readyz`.
 
 use super::error::{ApiError, Code};
-use super::Readers;
+use super::readers::Readers;
 use crate::installation::query::StoreReader;
 use crate::installation::PgError;
 use crate::query::Query;
@@ -80,27 +80,24 @@ impl ReadStore {
         limit: usize,
     ) -> Result<Vec<Row>, ApiError> {
         match &**self {
-            ReadStore::Spool { .. } => {
-                let (this, q) = (self.clone(), q.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    let ReadStore::Spool { readers, .. } = &*this else {
-                        unreachable!("matched above")
-                    };
-                    readers.with(|spool| spool.query_chunk(&q, before, limit))
-                })
-                .await
-                .map_err(|e| ApiError::internal("page reader", e))?
-                .map_err(|e| ApiError::internal("reading the spool", e))
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|e| Row {
-                            ts_ms: e.ts_ms,
-                            tiebreak: e.seq,
-                            body: e.body,
-                        })
-                        .collect()
-                })
+            ReadStore::Spool { readers, .. } => {
+                let q = q.clone();
+                readers
+                    .read(move |spool| {
+                        let _permit = permit;
+                        spool.query_chunk(&q, before, limit)
+                    })
+                    .await
+                    .map_err(|e| ApiError::internal("reading the spool", e))
+                    .map(|rows| {
+                        rows.into_iter()
+                            .map(|e| Row {
+                                ts_ms: e.ts_ms,
+                                tiebreak: e.seq,
+                                body: e.body,
+                            })
+                            .collect()
+                    })
             }
             ReadStore::Postgres { reader, health } => {
                 let r = reader.page(q, before, limit).await;
