@@ -17,7 +17,9 @@ use crate::forward::{self, forwarder::ForwardHealth};
 use crate::installation::ship::{ShipHealth, Shipper, PG_CURSOR};
 use crate::integrity::Signer;
 use crate::source::{stdin, tail::FileSource, Collector};
-use crate::spool::{AppendBatch, ProgressInbox, Spool, SpoolWriter, Upkeep, WriterOptions};
+use crate::spool::{
+    AppendBatch, EventInbox, ProgressInbox, Spool, SpoolWriter, Upkeep, WriterOptions,
+};
 use anyhow::{anyhow, Context};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -96,6 +98,7 @@ pub async fn run(
     let _stop_all = stages.root.clone().drop_guard();
     let health = Arc::new(Health::default());
     let (tx, rx) = sync_channel(CHANNEL_BATCHES);
+    let events = EventInbox::default();
     let admin_stop = stages.root.clone();
     let admin = match &config.admin {
         Some(a) => {
@@ -144,7 +147,10 @@ pub async fn run(
                 a,
                 &config.spool,
                 config.postgres.as_ref(),
-                tx.clone(),
+                api::AuditSink {
+                    inbox: events.clone(),
+                    channel: tx.clone(),
+                },
                 api_stop.clone(),
                 health.api.clone(),
             )
@@ -156,7 +162,7 @@ pub async fn run(
     if let Some(reloads) = reloads {
         tokio::spawn(apply_reloads(reloads, reloader));
     }
-    let r = run_pipeline(config, shutdown, &stages, health, (tx, rx)).await;
+    let r = run_pipeline(config, shutdown, &stages, health, (tx, rx), events).await;
     stages.root.cancel();
     if let Some(h) = admin {
         let _ = h.await;
@@ -243,6 +249,7 @@ async fn run_pipeline(
     stages: &Stages,
     health: Arc<Health>,
     (tx, rx): (SyncSender<AppendBatch>, Receiver<AppendBatch>),
+    events: EventInbox,
 ) -> anyhow::Result<Ended> {
     let spool = Spool::open(
         &config.spool.dir,
@@ -314,6 +321,7 @@ async fn run_pipeline(
         health.writer_running.store(true, Ordering::Relaxed);
         spawn_thread("spool-writer", move || {
             let r = SpoolWriter::new(spool, opts, upkeep, inbox, health.spool_full.clone())
+                .with_events(events)
                 .run(rx, stop);
             health.writer_running.store(false, Ordering::Relaxed);
             r

@@ -55,7 +55,7 @@ use crate::config::postgres::PostgresConfig;
 use crate::config::SpoolConfig;
 use crate::event::{write_api_json, ApiAuditLog};
 use crate::query::Query;
-use crate::spool::{AppendBatch, Spool};
+use crate::spool::{AppendBatch, EventInbox, InboxRefusal, Spool};
 use anyhow::Context;
 use auth::{Authenticator, Caller, SharedAuthenticator};
 use axum::http::{header, HeaderMap};
@@ -67,7 +67,7 @@ use metrics::ApiMetrics;
 use request::{FieldNames, ListRequest, PagePlan};
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 use store::ReadStore;
@@ -133,7 +133,7 @@ pub struct Inner {
     auth: SharedAuthenticator,
     /// Where reads come from.
     store: Arc<ReadStore>,
-    audit: SyncSender<AppendBatch>,
+    audit: AuditSink,
     reads: Arc<Semaphore>,
     /// Running exports, in all and per caller.
     exports: Arc<export::ExportSlots>,
@@ -170,7 +170,7 @@ impl ApiState {
     pub fn new(
         config: &ApiConfig,
         store: ReadStore,
-        audit: SyncSender<AppendBatch>,
+        audit: AuditSink,
         metrics: Arc<ApiMetrics>,
     ) -> Result<ApiState, String> {
         Ok(ApiState(Arc::new(Inner {
@@ -295,27 +295,34 @@ impl ApiState {
     ) -> Result<(), ApiError> {
         let ev = audit::event(caller, plan, export, uuid::Uuid::new_v4(), now_ms())
             .map_err(|e| ApiError::internal("building the read's audit event", e))?;
+        let stopped =
+            || ApiError::unavailable("recording the read", "the spool writer has stopped");
+        // Left for the writer's next group commit; when its inbox is full, through its
+        // channel, waiting for room off the runtime's threads.
+        let ev = match self.audit.inbox.push(ev) {
+            Ok(()) => return Ok(()),
+            Err(InboxRefusal::Closed) => return Err(stopped()),
+            Err(InboxRefusal::Full(ev)) => *ev,
+        };
         let batch = AppendBatch {
             events: vec![ev],
             read: 0,
             ..Default::default()
         };
-        let stopped =
-            || ApiError::unavailable("recording the read", "the spool writer has stopped");
-        // Straight into the writer's queue when it has room; a full queue is waited on
-        // off the runtime's threads (not a thread hand-off for every read).
-        match self.audit.try_send(batch) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => Err(stopped()),
-            Err(TrySendError::Full(batch)) => {
-                let tx = self.audit.clone();
-                tokio::task::spawn_blocking(move || tx.send(batch))
-                    .await
-                    .map_err(|e| ApiError::internal("audit sender", e))?
-                    .map_err(|_| stopped())
-            }
-        }
+        let tx = self.audit.channel.clone();
+        tokio::task::spawn_blocking(move || tx.send(batch))
+            .await
+            .map_err(|e| ApiError::internal("audit sender", e))?
+            .map_err(|_| stopped())
     }
+}
+
+/// Where the API's reads record their own audit events: the spool writer's inbox, and
+/// its channel when the inbox is full.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    pub inbox: EventInbox,
+    pub channel: SyncSender<AppendBatch>,
 }
 
 /// The API's routes, each request counted and timed in `state.metrics`.
@@ -373,7 +380,7 @@ pub async fn start(
     config: &ApiConfig,
     spool: &SpoolConfig,
     postgres: Option<&PostgresConfig>,
-    audit: SyncSender<AppendBatch>,
+    audit: AuditSink,
     stop: CancellationToken,
     metrics: Arc<ApiMetrics>,
 ) -> anyhow::Result<(JoinHandle<()>, reload::Reloader)> {

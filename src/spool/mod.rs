@@ -68,7 +68,7 @@ pub use chain::{ChainMeta, ChainRow, PurgeRecord, PurgeStep};
 pub use ledger::{LedgerEntry, LEDGER_ACTION};
 pub use lock::{LockError, SpoolLock, LOCK_FILE};
 pub use sqlite::{MessageIndex, Spool};
-pub use writer::{ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
+pub use writer::{EventInbox, InboxRefusal, ProgressInbox, SpoolWriter, Upkeep, WriterOptions};
 
 use crate::event::Event;
 use crate::source::checkpoint::OffsetUpdate;

@@ -92,6 +92,66 @@ impl ProgressInbox {
     }
 }
 
+/// Events the API's reads record (their own audit events), left for the writer's next
+/// group commit without waking it: the writer takes them at its next turn, at the latest
+/// after [`IDLE_POLL`]. A read a second through the writer's channel woke the writer
+/// thread for each one (`docs/benchmarks.md`, session 11). Bounded: when it holds
+/// [`EventInbox::MAX`] events the caller uses the writer's channel, which waits for room.
+#[derive(Debug, Clone, Default)]
+pub struct EventInbox(Arc<Mutex<InboxState>>);
+
+#[derive(Debug, Default)]
+struct InboxState {
+    events: Vec<crate::event::Event>,
+    /// The writer has stopped: nothing left here would be written.
+    closed: bool,
+}
+
+/// Why an event was not left in the inbox.
+#[derive(Debug)]
+pub enum InboxRefusal {
+    /// The inbox is full: the event is handed back, for the writer's channel.
+    Full(Box<crate::event::Event>),
+    /// The writer has stopped.
+    Closed,
+}
+
+impl EventInbox {
+    /// Events the inbox holds before callers are sent to the writer's channel.
+    pub const MAX: usize = 1024;
+
+    /// Leaves an event for the writer's next group commit.
+    pub fn push(&self, ev: crate::event::Event) -> Result<(), InboxRefusal> {
+        let mut st = self.0.lock().expect("event inbox");
+        if st.closed {
+            return Err(InboxRefusal::Closed);
+        }
+        if st.events.len() >= Self::MAX {
+            return Err(InboxRefusal::Full(Box::new(ev)));
+        }
+        st.events.push(ev);
+        Ok(())
+    }
+
+    fn take(&self) -> Vec<crate::event::Event> {
+        std::mem::take(&mut self.0.lock().expect("event inbox").events)
+    }
+
+    /// Closes the inbox if it is empty (the writer is about to stop); says whether it did.
+    fn close_if_empty(&self) -> bool {
+        let mut st = self.0.lock().expect("event inbox");
+        if st.events.is_empty() {
+            st.closed = true;
+        }
+        st.closed
+    }
+
+    /// Closes it whatever it holds (the writer stopped on an error).
+    fn close(&self) {
+        self.0.lock().expect("event inbox").closed = true;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct WriterOptions {
     pub max_events: usize,
@@ -205,6 +265,8 @@ pub struct SpoolWriter {
     /// The last purge chunk failed for want of disk: wait for `purge_next` even when idle.
     purge_failed: bool,
     progress: ProgressInbox,
+    /// The API's reads' own events.
+    events: EventInbox,
     /// Set while the spool's files are at or over `max_bytes`: sources pause.
     full: Arc<AtomicBool>,
     /// The stop signal [`SpoolWriter::run`] was given (recovery looks at it).
@@ -237,9 +299,16 @@ impl SpoolWriter {
             opts,
             upkeep,
             progress,
+            events: EventInbox::default(),
             full,
             stop: CancellationToken::new(),
         }
+    }
+
+    /// Takes the events that `inbox` is given, as well as those of the channel.
+    pub fn with_events(mut self, inbox: EventInbox) -> Self {
+        self.events = inbox;
+        self
     }
 
     /// Compares the spool's used bytes on disk (free pages left by retention do not count)
@@ -265,6 +334,18 @@ impl SpoolWriter {
     /// Runs until `stop` is signalled and nothing more arrives (sources gone or quiet,
     /// no forwarding progress waiting), committing what it got.
     pub fn run(
+        self,
+        rx: Receiver<AppendBatch>,
+        stop: CancellationToken,
+    ) -> Result<WriterTotals, SpoolError> {
+        let events = self.events.clone();
+        let r = self.run_inner(rx, stop);
+        // Whatever ended the writer, later events are refused rather than left unwritten.
+        events.close();
+        r
+    }
+
+    fn run_inner(
         mut self,
         rx: Receiver<AppendBatch>,
         stop: CancellationToken,
@@ -290,6 +371,19 @@ impl SpoolWriter {
             if !progress.is_empty() {
                 self.add(None, progress)?;
             }
+            let events = self.events.take();
+            if !events.is_empty() {
+                self.add(
+                    Some(AppendBatch {
+                        events,
+                        ..Default::default()
+                    }),
+                    Vec::new(),
+                )?;
+                if self.txn.waiting >= self.opts.max_events {
+                    self.commit()?;
+                }
+            }
             if self.progress.checkpoint_pending() {
                 if self.uncovered > 0 {
                     self.checkpoint_now()?;
@@ -313,7 +407,10 @@ impl SpoolWriter {
                     }
                     if self.txn.since.is_some() {
                         self.commit()?;
-                    } else if stop.is_cancelled() && self.progress.is_empty() {
+                    } else if stop.is_cancelled()
+                        && self.progress.is_empty()
+                        && self.events.close_if_empty()
+                    {
                         if self.uncovered > 0 {
                             // The shutdown checkpoint.
                             self.checkpoint_now()?;
@@ -715,6 +812,11 @@ mod tests {
 
     /// A writer on `dir` with 100 events committed.
     fn start(dir: &std::path::Path) -> Running {
+        start_with(dir, EventInbox::default())
+    }
+
+    /// The same, taking events from `events` too.
+    fn start_with(dir: &std::path::Path, event_inbox: EventInbox) -> Running {
         let spool = Spool::open(dir, Durability::Os, 1 << 20).unwrap();
         let inbox = ProgressInbox::default();
         let full = Arc::new(AtomicBool::new(false));
@@ -727,7 +829,8 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             ..Upkeep::unsigned(90)
         };
-        let writer = SpoolWriter::new(spool, opts, upkeep, inbox.clone(), full.clone());
+        let writer = SpoolWriter::new(spool, opts, upkeep, inbox.clone(), full.clone())
+            .with_events(event_inbox);
         let (tx, rx) = sync_channel(4);
         let stop = CancellationToken::new();
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -753,6 +856,56 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn events_left_in_the_inbox_are_committed_up_to_the_stop_and_refused_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = EventInbox::default();
+        let mut w = start_with(dir.path(), inbox.clone());
+        // Nothing comes through the channel: the idle writer takes them at its next turn.
+        for ev in events(1000, 10).events {
+            inbox.push(ev).unwrap();
+        }
+        wait("the inbox's events committed", || {
+            w.inbox.committed_seq() == 110
+        });
+        // Left just before the stop: still written before the writer ends.
+        for ev in events(2000, 5).events {
+            inbox.push(ev).unwrap();
+        }
+        drop(w.tx.take());
+        w.stop.cancel();
+        let totals = w
+            .done
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer stops")
+            .expect("and commits");
+        assert_eq!(totals.stored, 115);
+        let spool = Spool::open(dir.path(), Durability::Os, 1 << 20).unwrap();
+        assert_eq!(
+            spool.last_seq(),
+            116,
+            "115 events and the shutdown checkpoint"
+        );
+        let ev = events(3000, 1).events.remove(0);
+        assert!(matches!(inbox.push(ev), Err(InboxRefusal::Closed)));
+    }
+
+    #[test]
+    fn a_full_inbox_hands_the_event_back() {
+        let inbox = EventInbox::default();
+        let mut evs = events(0, EventInbox::MAX as u64 + 1).events;
+        let last = evs.pop().unwrap();
+        for ev in evs {
+            inbox.push(ev).unwrap();
+        }
+        match inbox.push(last.clone()) {
+            Err(InboxRefusal::Full(back)) => assert_eq!(back.id, last.id),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(inbox.take().len(), EventInbox::MAX);
+        inbox.push(last).unwrap();
     }
 
     /// `(seq of the newest checkpoint row, the sequence it covers)`.
