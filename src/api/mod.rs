@@ -449,3 +449,51 @@ pub async fn start(
     });
     Ok((server, reloader))
 }
+
+#[cfg(test)]
+mod future_size {
+    //! A request's future is moved several times on its way through axum, tower and
+    //! hyper, each move a copy. Inline, the PostgreSQL client's futures made every
+    //! handler's future ~60 KiB, the spool's requests included (~3 % of the relay's CPU
+    //! per page, `docs/benchmarks.md`, session 11); boxed where they are awaited, each
+    //! handler's stays small.
+
+    use axum::extract::{Path, Query, State};
+    use axum::http::HeaderMap;
+
+    /// Largest future a handler may have.
+    const MAX: usize = 8 << 10;
+
+    fn size3<A, B, C, F: Fn(A, B, C) -> Fut, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn size4<A, B, C, D, F: Fn(A, B, C, D) -> Fut, Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    type S = State<super::ApiState>;
+    type P = Result<Path<String>, axum::extract::rejection::PathRejection>;
+    type Q = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+    #[test]
+    fn every_handler_future_is_small() {
+        let sizes = [
+            (
+                "ListAuditLogs",
+                size3::<S, HeaderMap, axum::body::Body, _, _>(super::connect::list_audit_logs),
+            ),
+            (
+                "REST list",
+                size4::<S, P, Q, HeaderMap, _, _>(super::rest::list),
+            ),
+            (
+                "export",
+                size4::<S, P, Q, HeaderMap, _, _>(super::export::export),
+            ),
+        ];
+        for (name, size) in sizes {
+            assert!(size <= MAX, "{name}: a future of {size} bytes");
+        }
+    }
+}

@@ -61,10 +61,16 @@ impl ReadStore {
             ReadStore::Spool { key, .. } => Ok(key.clone()),
             ReadStore::Postgres { reader, health } => {
                 // Once read, the key is kept: a success here says nothing of the store.
-                reader.token_key().await.map(<[u8]>::to_vec).map_err(|e| {
-                    health.observe(Err(&e));
-                    pg_error(e)
-                })
+                // Boxed, as every PostgreSQL call of a request: the client's futures are
+                // tens of KiB, and inline they would make every request's future (the
+                // spool's too) that size, copied each time it moves.
+                Box::pin(reader.token_key())
+                    .await
+                    .map(<[u8]>::to_vec)
+                    .map_err(|e| {
+                        health.observe(Err(&e));
+                        pg_error(e)
+                    })
             }
         }
     }
@@ -100,7 +106,7 @@ impl ReadStore {
                     })
             }
             ReadStore::Postgres { reader, health } => {
-                let r = reader.page(q, before, limit).await;
+                let r = Box::pin(reader.page(q, before, limit)).await;
                 drop(permit);
                 health.observe(r.as_ref().map(|_| ()));
                 r.map_err(pg_error).map(|rows| {
