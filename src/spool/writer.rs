@@ -94,8 +94,8 @@ impl ProgressInbox {
 
 /// Events the API's reads record (their own audit events), left for the writer's next
 /// group commit without waking it: the writer takes them at its next turn, at the latest
-/// after [`IDLE_POLL`]. A read a second through the writer's channel woke the writer
-/// thread for each one (`docs/benchmarks.md`, session 11). Bounded: when it holds
+/// after [`IDLE_POLL`]. Sent through the writer's channel instead, each read woke the
+/// writer thread (`docs/benchmarks.md`, session 11). Bounded: when it holds
 /// [`EventInbox::MAX`] events the caller uses the writer's channel, which waits for room.
 #[derive(Debug, Clone, Default)]
 pub struct EventInbox(Arc<Mutex<InboxState>>);
@@ -373,16 +373,10 @@ impl SpoolWriter {
             }
             let events = self.events.take();
             if !events.is_empty() {
-                self.add(
-                    Some(AppendBatch {
-                        events,
-                        ..Default::default()
-                    }),
-                    Vec::new(),
-                )?;
-                if self.txn.waiting >= self.opts.max_events {
-                    self.commit()?;
-                }
+                self.add_batch(AppendBatch {
+                    events,
+                    ..Default::default()
+                })?;
             }
             if self.progress.checkpoint_pending() {
                 if self.uncovered > 0 {
@@ -392,12 +386,7 @@ impl SpoolWriter {
                 self.progress.2.store(false, Ordering::Release);
             }
             match msg {
-                Ok(batch) => {
-                    self.add(Some(batch), Vec::new())?;
-                    if self.txn.waiting >= self.opts.max_events {
-                        self.commit()?;
-                    }
-                }
+                Ok(batch) => self.add_batch(batch)?,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.txn.since.is_none() && self.full.load(Ordering::Relaxed) {
                         // Idle and paused: retention may have freed space. (Idle and not
@@ -431,6 +420,15 @@ impl SpoolWriter {
                 }
             }
         }
+    }
+
+    /// Adds a batch to the open group commit, and commits it once it holds `max_events`.
+    fn add_batch(&mut self, batch: AppendBatch) -> Result<(), SpoolError> {
+        self.add(Some(batch), Vec::new())?;
+        if self.txn.waiting >= self.opts.max_events {
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// Begins a group commit if none is open.
