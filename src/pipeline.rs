@@ -251,12 +251,15 @@ async fn run_pipeline(
     (tx, rx): (SyncSender<AppendBatch>, Receiver<AppendBatch>),
     events: EventInbox,
 ) -> anyhow::Result<Ended> {
-    let spool = Spool::open(
+    let mut spool = Spool::open(
         &config.spool.dir,
         config.spool.durability,
         config.spool.cache_size.0,
     )
     .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
+    spool
+        .copy_wal_in_background()
+        .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
     let saved = spool.checkpoints()?;
     tracing::info!(
         spool = %spool.path().display(),

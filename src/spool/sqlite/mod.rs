@@ -17,6 +17,7 @@ mod secrets;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod walcopy;
 mod write;
 
 pub use schema::{DB_FILE, SCHEMA_VERSION};
@@ -45,6 +46,10 @@ impl From<rusqlite::Error> for SpoolError {
 /// A handle on the spool: one writer ([`Spool::open`]) or any number of readers
 /// ([`Spool::open_read_only`]).
 pub struct Spool {
+    /// Copies the WAL into the database file off the writer's thread, once started.
+    /// Declared first, so dropped first: the writer's connection then closes last, as
+    /// without it.
+    wal: Option<walcopy::WalCopier>,
     conn: Connection,
     path: PathBuf,
     /// Writer state: organization keys, counters not yet committed, next sequence, and
@@ -173,6 +178,7 @@ impl Spool {
             head: crate::integrity::GENESIS,
             pending: Counters::default(),
             in_txn: false,
+            wal: None,
         }
     }
 

@@ -243,6 +243,27 @@ impl Spool {
         )?;
         self.conn.execute_batch("COMMIT")?;
         self.in_txn = false;
+        if let Some(w) = &mut self.wal {
+            w.committed(&self.conn);
+        }
+        Ok(())
+    }
+
+    /// From now on the WAL is copied into the database file on a thread of its own
+    /// rather than at this connection's commits ([`walcopy`](super::walcopy)).
+    pub fn copy_wal_in_background(&mut self) -> Result<(), SpoolError> {
+        self.copy_wal_with(super::walcopy::LIMITS)
+    }
+
+    pub(super) fn copy_wal_with(
+        &mut self,
+        limits: super::walcopy::Limits,
+    ) -> Result<(), SpoolError> {
+        if self.wal.is_none() {
+            self.wal = Some(super::walcopy::WalCopier::start(
+                &self.conn, &self.path, limits,
+            )?);
+        }
         Ok(())
     }
 
