@@ -84,6 +84,7 @@ pub struct WalCopier {
     /// Frames known to be copied in this generation.
     copied: i32,
     limits: Limits,
+    writer_copies: Trouble,
 }
 
 impl WalCopier {
@@ -117,6 +118,9 @@ impl WalCopier {
             frames: 0,
             copied: 0,
             limits,
+            writer_copies: Trouble::new(
+                "spool: copying the WAL into the database file failed; trying again after each commit (spool.db-wal grows until it succeeds)",
+            ),
         })
     }
 
@@ -153,11 +157,8 @@ impl WalCopier {
             // The copier is within this commit of the end (or the WAL is too large):
             // the rest is copied here, and the next transaction restarts the WAL.
             drop(st);
-            match checkpoint(writer) {
-                Ok(copied) => self.copied = copied,
-                Err(e) => {
-                    tracing::warn!(error = %e, frames, "spool: copying the WAL into the database file failed; trying again after the next commit")
-                }
+            if let Some(copied) = self.writer_copies.outcome(checkpoint(writer)) {
+                self.copied = copied;
             }
         } else {
             st.pass = Some(self.generation);
@@ -179,6 +180,8 @@ impl Drop for WalCopier {
 
 /// The copier thread: one `PASSIVE` checkpoint per pass asked for, until stopped.
 fn serve(conn: Connection, shared: &Shared) {
+    let mut copier =
+        Trouble::new("spool: copying the WAL into the database file failed; the writer will do it");
     loop {
         let generation = {
             let mut st = shared.state.lock().expect("wal copier");
@@ -192,14 +195,8 @@ fn serve(conn: Connection, shared: &Shared) {
                 st = shared.wake.wait(st).expect("wal copier");
             }
         };
-        let copied = match checkpoint(&conn) {
-            Ok(n) => n,
-            Err(e) => {
-                // The writer copies at `Limits::hard` frames whatever happens here.
-                tracing::warn!(error = %e, "spool: copying the WAL into the database file failed; the writer will do it");
-                0
-            }
-        };
+        // On failure the writer copies at `Limits::hard` frames.
+        let copied = copier.outcome(checkpoint(&conn)).unwrap_or(0);
         shared
             .passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -208,6 +205,40 @@ fn serve(conn: Connection, shared: &Shared) {
         st.done = Some((generation, copied));
         drop(st);
         shared.wake.notify_all();
+    }
+}
+
+/// Logs the first of a run of failed copies, and the success that ends it: not every
+/// attempt (the writer tries after each commit while, say, the disk is full).
+struct Trouble {
+    failing: bool,
+    warning: &'static str,
+}
+
+impl Trouble {
+    fn new(warning: &'static str) -> Trouble {
+        Trouble {
+            failing: false,
+            warning,
+        }
+    }
+
+    /// The frames copied, or `None` if the copy failed.
+    fn outcome(&mut self, r: rusqlite::Result<i32>) -> Option<i32> {
+        match r {
+            Ok(n) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("spool: the WAL is copied into the database file again");
+                }
+                Some(n)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(error = %e, "{}", self.warning);
+                }
+                None
+            }
+        }
     }
 }
 
@@ -322,6 +353,72 @@ mod tests {
         let s = Spool::open_read_only(dir.path()).unwrap();
         assert_eq!(count(&s), 6000);
         drop(reader);
+    }
+
+    /// What `f` logs, as text.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_run_of_failed_copies_is_logged_once_and_its_end_once() {
+        let full = || {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ))
+        };
+        let mut t = Trouble::new("copying failed");
+        let mut got = Vec::new();
+        let logs = logs_of(|| {
+            got.push(t.outcome(Ok(7)));
+            for _ in 0..5 {
+                got.push(t.outcome(full()));
+            }
+            got.push(t.outcome(Ok(9)));
+            got.push(t.outcome(Ok(10)));
+            got.push(t.outcome(full()));
+        });
+        assert_eq!(
+            got,
+            [
+                Some(7),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(9),
+                Some(10),
+                None
+            ]
+        );
+        assert_eq!(logs.matches("copying failed").count(), 2, "{logs}");
+        assert_eq!(logs.matches("database is full").count(), 2, "{logs}");
+        assert_eq!(
+            logs.matches("copied into the database file again").count(),
+            1,
+            "{logs}"
+        );
     }
 
     #[test]
