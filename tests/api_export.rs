@@ -69,17 +69,6 @@ fn status_of(s: &mut TcpStream) -> u16 {
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
 
-/// The WAL file's size, and its checkpoint sequence number: SQLite adds one each time it
-/// restarts the WAL from its beginning (reused, not grown).
-fn wal_state(h: &Harness) -> (u64, u32) {
-    let wal = h.spool_dir.join("spool.db-wal");
-    let mut head = [0u8; 16];
-    let seq = std::fs::File::open(&wal)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_or(0, |()| u32::from_be_bytes(head[12..16].try_into().unwrap()));
-    (std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0), seq)
-}
-
 fn owner(user: &str) -> String {
     let exp = now_ms() / 1000 + 3600;
     let claims = json!({"sub": user, "iss": ISSUER, "aud": AUDIENCE, "exp": exp,
@@ -170,7 +159,7 @@ fn a_slow_export_keeps_the_wal_small_and_matches_the_cli_query() {
             "the export ended within the slow phase: seed more events"
         );
         raw.extend_from_slice(&kib[..n]);
-        let (bytes, seq) = wal_state(&h);
+        let (bytes, seq) = common::wal_state(&h.spool_dir);
         max_wal = max_wal.max(bytes);
         if bytes >= 32 {
             seqs.insert(seq);
@@ -190,7 +179,7 @@ fn a_slow_export_keeps_the_wal_small_and_matches_the_cli_query() {
         "every ingested event",
         Duration::from_secs(120),
         || {
-            max_wal = max_wal.max(wal_state(&h).0);
+            max_wal = max_wal.max(common::wal_state(&h.spool_dir).0);
             h.count() >= total
         },
     );

@@ -19,16 +19,7 @@ fn sigkill_five_times_while_ingesting_loses_and_duplicates_nothing() {
     // `durability` is left at its default, "fsync".
     let h = Harness::new();
     // Random moments, reproducible: the seed is printed, and AUDIT_RELAY_TEST_SEED sets it.
-    let seed = std::env::var("AUDIT_RELAY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("AUDIT_RELAY_TEST_SEED={seed}");
+    let seed = common::test_seed();
     let mut rng = Gen::new(seed);
     let started = Instant::now();
 
@@ -96,18 +87,6 @@ fn sigkill_five_times_while_ingesting_loses_and_duplicates_nothing() {
     assert_eq!(stats["events"], TOTAL as u64, "{stats}");
 }
 
-/// The WAL file's size and its checkpoint sequence number (one more at each restart of
-/// the WAL from its beginning).
-fn wal_state(h: &Harness) -> (u64, u32) {
-    use std::io::Read;
-    let wal = h.spool_dir.join("spool.db-wal");
-    let mut head = [0u8; 16];
-    let seq = std::fs::File::open(&wal)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_or(0, |()| u32::from_be_bytes(head[12..16].try_into().unwrap()));
-    (std::fs::metadata(wal).map_or(0, |m| m.len()), seq)
-}
-
 /// SIGKILL while the WAL is being copied into `spool.db` (the `spool-wal` thread works
 /// past 64 MiB of WAL, the writer finishes each cycle): a backlog of 600,000 events
 /// (~450 MB of WAL) ingested at full speed, three kills while the WAL is past 64 MiB,
@@ -117,16 +96,7 @@ fn wal_state(h: &Harness) -> (u64, u32) {
 fn sigkill_while_the_wal_is_copied_loses_and_duplicates_nothing() {
     const BACKLOG: usize = 600_000;
     let h = Harness::new();
-    let seed = std::env::var("AUDIT_RELAY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("AUDIT_RELAY_TEST_SEED={seed}");
+    let seed = common::test_seed();
     let mut rng = Gen::new(seed);
     let mut g = Gen::new(seed);
     let mut file = common::append_to(&h.log("app.log"));
@@ -160,7 +130,7 @@ fn sigkill_while_the_wal_is_copied_loses_and_duplicates_nothing() {
             if first_commit.is_none() && h.count() > before {
                 first_commit = Some(now);
             }
-            if past_64.is_none() && wal_state(&h).0 > 64 << 20 {
+            if past_64.is_none() && common::wal_state(&h.spool_dir).0 > 64 << 20 {
                 past_64 = Some(now);
             }
             let due = match (k, first_commit, past_64) {
@@ -174,7 +144,7 @@ fn sigkill_while_the_wal_is_copied_loses_and_duplicates_nothing() {
             std::thread::sleep(Duration::from_millis(5));
         }
         relay.kill();
-        let (stored, wal) = (h.count(), wal_state(&h).0);
+        let (stored, wal) = (h.count(), common::wal_state(&h.spool_dir).0);
         eprintln!(
             "kill {}: {stored} events stored, WAL file {} MiB",
             k + 1,
@@ -189,14 +159,14 @@ fn sigkill_while_the_wal_is_copied_loses_and_duplicates_nothing() {
         "only {mid_stream} of 3 kills landed mid-backlog with a WAL past 64 MiB: the test did not exercise a crash while the WAL is copied"
     );
     let mut relay = h.start();
-    let seq = wal_state(&h).1;
+    let seq = common::wal_state(&h.spool_dir).1;
     let mut restarted = false;
     h.wait_until(
         Some(&mut relay),
         "the whole backlog",
         Duration::from_secs(180),
         || {
-            restarted |= wal_state(&h).1 != seq;
+            restarted |= common::wal_state(&h.spool_dir).1 != seq;
             h.count() >= BACKLOG as u64
         },
     );

@@ -32,27 +32,13 @@ fn lines(g: &mut Gen, t0: i64, first: usize, n: usize, tie: usize) -> (Vec<Strin
         .unzip()
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("AUDIT_RELAY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("AUDIT_RELAY_TEST_SEED={seed}");
-    seed
-}
-
 #[test]
 fn throttling_errors_lost_answers_and_sigkills_lose_nothing() {
     const TOTAL: usize = 20_000;
     const CHUNK: usize = 250;
     const KILLS: usize = 3;
     let started = Instant::now();
-    let seed = seed();
+    let seed = common::test_seed();
     let mut rng = Gen::new(seed);
     let moto = Moto::start();
     // Per 50 requests: 5 throttled (10%), 5 answered 500 (10%), 1 answer lost (2%).

@@ -436,6 +436,36 @@ impl Drop for Relay {
 }
 
 /// Opens (creating) a file for appending.
+/// The seed of a test's random choices: `AUDIT_RELAY_TEST_SEED`, or the clock; printed
+/// so that a failing run can be repeated.
+#[allow(dead_code)]
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("AUDIT_RELAY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("AUDIT_RELAY_TEST_SEED={seed}");
+    seed
+}
+
+/// The spool's WAL file size, and its checkpoint sequence number: SQLite adds one each
+/// time it restarts the WAL from its beginning (reused, not grown).
+#[allow(dead_code)]
+pub fn wal_state(spool_dir: &Path) -> (u64, u32) {
+    use std::io::Read;
+    let wal = spool_dir.join("spool.db-wal");
+    let mut head = [0u8; 16];
+    let seq = File::open(&wal)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_or(0, |()| u32::from_be_bytes(head[12..16].try_into().unwrap()));
+    (std::fs::metadata(wal).map_or(0, |m| m.len()), seq)
+}
+
 pub fn append_to(path: &Path) -> File {
     OpenOptions::new()
         .create(true)
