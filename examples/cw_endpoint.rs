@@ -18,9 +18,10 @@
 //!   message, chronological order, a span ≤ 24 h, no event older than 14 days or more
 //!   than 2 h in the future; a call that breaks one gets `InvalidParameterException`
 //!   and counts as a violation;
-//! - parses each message as JSON and records its `id` (an audit event) or counts it as
-//!   one of the relay's checkpoints (`"type":"checkpoint"`); anything else
-//!   is refused.
+//! - parses each message as JSON and records its `id` (an audit event; or `payload.id`,
+//!   a whole server log line as a forwarder that does not extract the event sends it)
+//!   or counts it as one of the relay's checkpoints (`"type":"checkpoint"`); anything
+//!   else is refused.
 //!
 //! `GET /_stats` answers with the counts as JSON; with `--expect` (one id a line, in the
 //! order the events were written) it also says how many expected ids are still missing,
@@ -208,13 +209,24 @@ struct PutEvent<'a> {
     message: std::borrow::Cow<'a, str>,
 }
 
-/// A message: an audit event (its `id`) or one of the relay's checkpoints (`type`).
+/// A message: an audit event (its `id`), one of the relay's checkpoints (`type`), or a
+/// whole server log line carrying its event in `payload` (a forwarder that sends lines
+/// as they are, such as the bench's raw Fluent Bit peer).
 #[derive(serde::Deserialize)]
 struct Message<'a> {
     #[serde(borrow, default)]
     id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, rename = "type")]
     kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<Wrapped<'a>>,
+}
+
+/// The event inside a server log line.
+#[derive(serde::Deserialize)]
+struct Wrapped<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
 }
 
 #[derive(serde::Deserialize)]
@@ -279,9 +291,10 @@ fn check_put(body: &[u8], state: &Mutex<State>) -> Result<Accepted, (String, Str
         }
         let m: Message = serde_json::from_str(&e.message)
             .map_err(|err| invalid(format!("event {i}: message is not JSON: {err}")))?;
-        match (m.id, m.kind.as_deref()) {
-            (Some(id), _) => ids.push(id.into_owned()),
-            (None, Some("checkpoint")) => checkpoints += 1,
+        match (m.id, m.kind.as_deref(), m.payload) {
+            (Some(id), _, _) => ids.push(id.into_owned()),
+            (None, Some("checkpoint"), _) => checkpoints += 1,
+            (None, _, Some(line)) => ids.push(line.id.into_owned()),
             _ => {
                 return Err(invalid(format!(
                     "event {i}: neither an audit event (id) nor a checkpoint: {:.200}",
@@ -313,12 +326,13 @@ fn stats(shared: &Shared) -> String {
     let mut extra = String::new();
     if let Some(expect) = &shared.expect {
         extra = format!(
-            r#","expected":{},"missing":{},"duplicates":{},"unexpected":{},"in_order":{}"#,
+            r#","expected":{},"missing":{},"duplicates":{},"unexpected":{},"in_order":{},"out_of_order":{}"#,
             expect.len(),
             expect.len() as u64 - st.arrived,
             st.duplicates,
             st.unexpected,
-            st.out_of_order == 0
+            st.out_of_order == 0,
+            st.out_of_order
         );
     }
     format!(

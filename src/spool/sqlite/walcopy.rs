@@ -69,7 +69,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    /// Passes the copier made (for tests and the benchmark's reading of them).
+    /// Passes the copier made (read by the tests).
     passes: std::sync::atomic::AtomicU64,
 }
 
