@@ -44,6 +44,10 @@ use tokio_util::sync::CancellationToken;
 
 const CHUNK_BYTES: usize = 256 << 10;
 
+/// How often a waiting source looks at the stop signal: each look wakes the thread,
+/// which is most of what an idle relay costs (docs/benchmarks.md, session 13).
+const STOP_CHECK: Duration = Duration::from_millis(250);
+
 /// One open file.
 struct Tailed {
     path: PathBuf,
@@ -242,6 +246,8 @@ impl FileSource {
         Ok(progressed)
     }
 
+    /// Waits for the watch's hint or `source.poll_interval`, looking at the stop signal
+    /// every [`STOP_CHECK`].
     fn wait(&self) {
         let until = Instant::now() + self.cfg.poll_interval.0;
         loop {
@@ -249,14 +255,11 @@ impl FileSource {
             if now >= until || self.cancel.is_cancelled() {
                 return;
             }
-            match self
-                .wake
-                .recv_timeout((until - now).min(Duration::from_millis(100)))
-            {
+            match self.wake.recv_timeout((until - now).min(STOP_CHECK)) {
                 Ok(()) => return,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep((until - now).min(Duration::from_millis(100)))
+                    std::thread::sleep((until - now).min(STOP_CHECK))
                 }
             }
         }
