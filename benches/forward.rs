@@ -259,16 +259,9 @@ fn start_fluent_bit(fb: &FluentBit, dir: &Path, port: u16) -> Child {
         "[PARSER]\n    Name   json\n    Format json\n",
     )
     .unwrap();
-    let keep: String = [
-        "id",
-        "timestamp",
-        "action",
-        "organizationId",
-        "actorId",
-        "args",
-    ]
-    .map(|k| format!("    Allowlist_key {k}\n"))
-    .concat();
+    let keep: String = audit_relay::event::EVENT_FIELDS
+        .map(|k| format!("    Allowlist_key {k}\n"))
+        .concat();
     let parse = match fb.mode {
         FluentBitMode::Raw => String::new(),
         FluentBitMode::Parsed => "    Parser json\n".to_string(),

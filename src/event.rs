@@ -487,7 +487,7 @@ pub fn decode(record: &[u8], envelope: Envelope) -> Decoded {
 }
 
 /// The fields every audit event has; `envelope = "auto"` goes by them.
-const EVENT_FIELDS: [&str; 6] = [
+pub const EVENT_FIELDS: [&str; 6] = [
     "id",
     "timestamp",
     "action",

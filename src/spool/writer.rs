@@ -22,6 +22,11 @@ const PURGE_SPACING: u32 = 4;
 /// session 13). A read's event is committed within `spool.commit_interval` plus this.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How often a writer that is not waiting on its channel (its sources are gone, or it is
+/// retrying a commit on a full disk) looks at its stop signal and inboxes: not idle, so
+/// short, and a stop is seen at once.
+const STOP_STEP: Duration = Duration::from_millis(50);
+
 /// After the stop signal, how long a writer whose disk is full or failing still tries to
 /// commit what it holds before it gives up (nothing is lost then: the sources' offsets
 /// were not moved either, so the events are read again at the next start).
@@ -367,7 +372,7 @@ impl SpoolWriter {
                 rx.recv_timeout(wait)
             } else {
                 // Sources are gone; forwarders may still report progress.
-                std::thread::sleep(wait.min(IDLE_POLL));
+                std::thread::sleep(wait.min(STOP_STEP));
                 Err(RecvTimeoutError::Timeout)
             };
             let progress = self.progress.take();
@@ -563,7 +568,7 @@ impl SpoolWriter {
                 }
                 std::thread::sleep(
                     wake.saturating_duration_since(Instant::now())
-                        .min(IDLE_POLL),
+                        .min(STOP_STEP),
                 );
             }
             delay = (delay * 2).min(Duration::from_secs(10));

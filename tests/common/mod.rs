@@ -175,6 +175,22 @@ impl Harness {
             .unwrap_or(0) as u64
     }
 
+    /// The spool's `events` counter: events stored, read from one row. Unlike
+    /// [`Harness::count`], which scans the table, it keeps no read transaction open long
+    /// enough to stop the relay's WAL from restarting; for polling while it ingests.
+    pub fn stored(&self) -> u64 {
+        self.db()
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT value FROM counters WHERE name = 'events'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok()
+            })
+            .unwrap_or(0) as u64
+    }
+
     /// Rows in `quarantine` (0 while the spool does not exist yet).
     pub fn quarantined(&self) -> u64 {
         self.db()
